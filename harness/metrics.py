@@ -1,0 +1,206 @@
+"""Metrics as pure functions and as :class:`~harness.api.Metric` classes.
+
+Ranking metrics take the true item's rank as a pair ``(best, worst)``: the 1-based ranks it would
+get if every tie were broken in its favour or against it. The ``average`` tie policy reports the
+exact expectation of each metric under uniformly random tie-breaking (``best < worst``); the
+``optimistic`` and ``pessimistic`` policies pass ``best == worst``. Empty inputs and AUC without
+both classes are errors, never a silent 0 or 0.5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import digamma
+from scipy.stats import rankdata
+
+from harness.api import Metric
+
+__all__ = [
+    "AUC",
+    "MAE",
+    "MRR",
+    "TIE_POLICIES",
+    "Recall",
+    "auc",
+    "mae",
+    "mae_by_bin",
+    "mrr",
+    "parse_metric",
+    "rank_bounds",
+    "recall",
+]
+
+TIE_POLICIES = ("average", "optimistic", "pessimistic")
+
+
+def rank_bounds(
+    scores: np.ndarray, targets: np.ndarray, tie_policy: str = "average"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best and worst 1-based rank of ``targets[j]`` in row ``j`` of ``scores`` (higher is better).
+
+    ``optimistic`` returns ``(best, best)``, ``pessimistic`` ``(worst, worst)``, ``average`` both.
+    """
+    if tie_policy not in TIE_POLICIES:
+        raise ValueError(f"tie_policy must be one of {TIE_POLICIES}, but got {tie_policy!r}")
+    scores = np.asarray(scores)
+    rows = np.arange(len(targets))
+    true = scores[rows, targets][:, None]
+    if np.isnan(true).any() or np.isnan(scores).any():
+        bad = int(np.flatnonzero(np.isnan(scores).any(axis=1))[0])
+        raise ValueError(f"the model returned NaN scores (first in block row {bad})")
+    greater = (scores > true).sum(axis=1)
+    best = greater + 1
+    if tie_policy == "optimistic":
+        return best, best
+    worst = greater + (scores == true).sum(axis=1)
+    if tie_policy == "pessimistic":
+        return worst, worst
+    return best, worst
+
+
+def _bounds(best, worst) -> tuple[np.ndarray, np.ndarray]:
+    best = np.asarray(best, dtype=np.float64)
+    worst = best if worst is None else np.asarray(worst, dtype=np.float64)
+    if best.size == 0:
+        raise ValueError("no ranks to average: the evaluation produced no queries")
+    if np.any(best < 1) or np.any(worst < best):
+        raise ValueError("ranks must satisfy 1 <= best <= worst")
+    return best, worst
+
+
+def _harmonic(n: np.ndarray) -> np.ndarray:
+    """H(n) = 1 + 1/2 + ... + 1/n, with H(0) = 0."""
+    return np.where(n > 0, digamma(n + 1.0) + np.euler_gamma, 0.0)
+
+
+def mrr(best, worst=None, k: int | None = None) -> float:
+    """Mean reciprocal rank (reciprocal rank counts 0 beyond ``k``), expected over tie-breaking."""
+    best, worst = _bounds(best, worst)
+    top = worst if k is None else np.minimum(worst, k)
+    hit = top >= best
+    total = np.where(hit, _harmonic(top) - _harmonic(best - 1), 0.0)
+    # Harmonic differences lose precision for large ranks; the exact reciprocal is cheap there.
+    single = best == worst
+    total = np.where(single, np.where(hit, 1.0 / best, 0.0), total)
+    return float(np.mean(total / (worst - best + 1)))
+
+
+def recall(best, worst=None, k: int = 10) -> float:
+    """Share of queries whose true item ranks within the top ``k`` (expected over tie-breaking)."""
+    best, worst = _bounds(best, worst)
+    inside = np.clip(np.minimum(worst, k) - best + 1, 0, None)
+    return float(np.mean(inside / (worst - best + 1)))
+
+
+def auc(labels, scores) -> float:
+    """Area under the ROC curve (ties count one half), via the Mann-Whitney statistic."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in shape: {labels.shape} vs {scores.shape}")
+    positives = int((labels == 1).sum())
+    negatives = int((labels == 0).sum())
+    if positives + negatives != labels.size:
+        raise ValueError("AUC labels must be 0 or 1")
+    if positives == 0 or negatives == 0:
+        raise ValueError(
+            f"AUC needs both classes, but got {positives} positives and {negatives} negatives"
+        )
+    if np.isnan(scores).any():
+        raise ValueError("AUC scores contain NaN")
+    ranks = rankdata(scores)
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def mae(true, predicted) -> float:
+    """Mean absolute error."""
+    true = np.asarray(true, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if true.size == 0:
+        raise ValueError("no predictions to average: the evaluation produced no return-time queries")
+    if true.shape != predicted.shape:
+        raise ValueError(f"true and predicted differ in shape: {true.shape} vs {predicted.shape}")
+    if not np.isfinite(predicted).all():
+        raise ValueError("predicted values contain NaN or infinity")
+    return float(np.mean(np.abs(true - predicted)))
+
+
+def mae_by_bin(true, predicted, edges) -> dict[str, dict[str, float]]:
+    """MAE per bin of the true value: ``{"[lo, hi)": {"mae": ..., "count": ...}}``; empty bins
+    are left out."""
+    true = np.asarray(true, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    out: dict[str, dict[str, float]] = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (true >= lo) & (true < hi)
+        if inside.any():
+            out[f"[{lo:g}, {hi:g})"] = {
+                "mae": mae(true[inside], predicted[inside]),
+                "count": int(inside.sum()),
+            }
+    return out
+
+
+class _Accumulating(Metric):
+    """Keeps the arrays of every update and computes on the concatenation."""
+
+    def reset(self) -> None:
+        self._parts: list[tuple[np.ndarray, ...]] = []
+
+    def update(self, *arrays: np.ndarray) -> None:
+        self._parts.append(tuple(np.asarray(a) for a in arrays))
+
+    def _columns(self) -> list[np.ndarray]:
+        if not self._parts:
+            raise ValueError(f"{self.name}: compute() called before any update()")
+        return [np.concatenate(col) for col in zip(*self._parts)]
+
+
+class MRR(_Accumulating):
+    """Mean reciprocal rank; ``update(best, worst)`` or ``update(ranks)``."""
+
+    needs = "rank"
+
+    def compute(self) -> float:
+        return mrr(*self._columns(), k=self.k)
+
+
+class Recall(_Accumulating):
+    """Recall@k (``k`` defaults to 10); ``update(best, worst)`` or ``update(ranks)``."""
+
+    needs = "rank"
+
+    def __init__(self, k: int | None = 10) -> None:
+        super().__init__(k=10 if k is None else k)
+
+    def compute(self) -> float:
+        return recall(*self._columns(), k=self.k)
+
+
+class AUC(_Accumulating):
+    """ROC AUC of state-change probabilities; ``update(labels, scores)``."""
+
+    needs = "state"
+
+    def compute(self) -> float:
+        return auc(*self._columns())
+
+
+class MAE(_Accumulating):
+    """Mean absolute error of return times; ``update(true, predicted)``."""
+
+    needs = "return_time"
+    higher_is_better = False
+
+    def compute(self) -> float:
+        return mae(*self._columns())
+
+
+def parse_metric(spec: str) -> tuple[str, int | None]:
+    """``"recall@10"`` -> ``("recall", 10)``; ``"mrr"`` -> ``("mrr", None)``."""
+    name, sep, k = spec.partition("@")
+    if not sep:
+        return name, None
+    if not k.isdigit() or int(k) < 1:
+        raise ValueError(f"a metric cut-off must be a positive integer, but got {spec!r}")
+    return name, int(k)
