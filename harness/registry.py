@@ -7,13 +7,17 @@ as broken where it is asked for (``harness list`` shows it) and never breaks the
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from harness.errors import HarnessError, UsageError, did_you_mean
 
-__all__ = ["GROUPS", "PluginEntry", "Registry", "default_registry", "load_object"]
+__all__ = [
+    "GROUPS", "PluginEntry", "Registry", "default_registry", "load_object", "plugin_status",
+]
 
 GROUPS = {"models": "harness.models", "datasets": "harness.datasets", "metrics": "harness.metrics"}
 
@@ -104,6 +108,44 @@ class Registry:
         if name not in self._entries:
             raise UsageError(did_you_mean(name, self.names(), self.kind[:-1]))
         return self._entries[name].load()
+
+
+def plugin_status(entry: PluginEntry, *, import_it: bool = False) -> str:
+    """``ok`` or ``broken: why``. Without ``import_it`` nothing is imported: the module must be
+    findable and the distribution's declared dependencies installed."""
+    if import_it or entry._loaded is not None:
+        try:
+            entry.load()
+        except HarnessError:
+            return f"broken: {entry.error}"
+        return "ok"
+    module = entry.target.partition(":")[0]
+    try:
+        if importlib.util.find_spec(module) is None:
+            return f"broken: module {module!r} not found"
+    except (ImportError, ValueError) as exc:
+        return f"broken: {exc}"
+    missing = _missing_requirements(entry.distribution)
+    return f"broken: missing {', '.join(missing)}" if missing else "ok"
+
+
+def _missing_requirements(distribution: str) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    try:
+        requirements = requires(distribution) or []
+    except PackageNotFoundError:
+        return []
+    missing = []
+    for requirement in requirements:
+        if ";" in requirement:
+            continue  # extras and environment markers: optional
+        name = re.split(r"[\s<>=!~\[(]", requirement.strip(), maxsplit=1)[0]
+        try:
+            version(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    return missing
 
 
 _DEFAULT: dict[str, Registry] = {}

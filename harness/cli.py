@@ -1,0 +1,234 @@
+"""The ``harness`` command. The only module that reads ``sys.argv``; heavy imports are deferred
+into the sub-command handlers so that ``harness --help`` and ``harness list`` stay fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from harness.errors import HarnessError, UsageError
+
+DEFAULT_MODELS = ("popularity", "recency", "frequency", "jodie")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers like 0,1,2, got {text!r}") from None
+
+
+def _param(text: str) -> tuple[str, str, Any]:
+    target, sep, raw = text.partition("=")
+    model, dot, key = target.partition(".")
+    if not sep or not dot or not model or not key:
+        raise argparse.ArgumentTypeError(f"--param takes model.key=value, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return model, key, value
+
+
+def _split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(x) for x in _csv(text)]
+    except ValueError:
+        parts = []
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"--split takes train,valid,test fractions, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Benchmark models of temporal user-item interactions on one trustworthy protocol.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list installed models, datasets and metrics")
+    p.add_argument("kind", nargs="?", choices=["models", "datasets", "metrics"])
+    p.add_argument("--check", action="store_true", help="import every plugin to find broken ones")
+
+    p = sub.add_parser("run", help="train and evaluate models on a dataset, write run records")
+    p.add_argument("--models", type=_csv, help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
+    p.add_argument("--dataset", default="synthetic", help="registered name or path to a JODIE CSV")
+    p.add_argument("--protocol", default="streaming", choices=["streaming", "state", "sessions"])
+    p.add_argument("--epochs", type=int, help="training epochs (default: each model's own)")
+    p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
+    p.add_argument("--param", type=_param, action="append", default=[], metavar="MODEL.KEY=VALUE",
+                   help="set a model parameter (value parsed as JSON when it can be)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE:CLASS",
+                   help="run a model class that no distribution registers")
+    p.add_argument("--tie-policy", default="average", choices=["average", "optimistic", "pessimistic"])
+    p.add_argument("--split", type=_split, metavar="TRAIN,VALID,TEST", help="split fractions")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    p.add_argument("--session-gap", type=float, help="seconds of inactivity that end a session")
+    p.add_argument("--results", default="results", help="directory for run records (default results/)")
+    p.add_argument("--timeout", type=float, help="seconds allowed per run")
+    p.add_argument("--format", default="github", choices=["github", "latex", "plain"])
+    p.add_argument("--in-process", action="store_true", help="run models in this process")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("leaderboard", help="tables from the run records")
+    p.add_argument("--dataset")
+    p.add_argument("--protocol", choices=["streaming", "state", "sessions"])
+    p.add_argument("--format", default="github", choices=["github", "latex", "plain"])
+    p.add_argument("--results", default="results")
+
+    p = sub.add_parser("validate", help="run the conformance suite on a model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--plugin", help="MODULE:CLASS of a model no distribution registers")
+    p.add_argument("--param", type=_param, action="append", default=[], metavar="MODEL.KEY=VALUE")
+
+    try:
+        from harness.data.cli import add_commands
+    except ImportError:  # the datasets commands are optional in a partial install
+        pass
+    else:
+        add_commands(sub)
+    try:
+        from harness.tuning_cli import add_commands as add_tuning_commands
+    except ImportError:
+        pass
+    else:
+        add_tuning_commands(sub)
+    return parser
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from harness.registry import GROUPS, default_registry, plugin_status
+
+    for kind in [args.kind] if args.kind else list(GROUPS):
+        print(f"{kind}:")
+        registry = default_registry(kind)
+        for entry in registry.entries():
+            status = plugin_status(entry, import_it=args.check)
+            print(f"  {entry.name:<20} {status:<10} {entry.target}  ({entry.distribution})")
+        if kind == "datasets":
+            try:
+                from harness.data import manifest_names
+            except ImportError:
+                continue
+            for name in manifest_names():
+                if name not in registry:
+                    print(f"  {name:<20} {'manifest':<10} datasets/{name}  (harness datasets info {name})")
+    return 0
+
+
+def _model_params(args: argparse.Namespace, models: list[str]) -> dict[str, dict[str, Any]]:
+    params: dict[str, dict[str, Any]] = {m: {} for m in models}
+    for model, key, value in args.param:
+        if model not in params:
+            raise UsageError(f"--param {model}.{key}: {model!r} is not among the models {models}")
+        params[model][key] = value
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.evaluate import Protocol, check_compatible
+    from harness.leaderboard import leaderboard
+    from harness.records import load_records
+    from harness.registry import default_registry
+    from harness.runner import RunSpec, build_model, resolve_model, run_many
+
+    plugins = {target.rpartition(":")[2].lower(): target for target in args.plugin}
+    if args.models is None:
+        installed = default_registry("models").names()
+        models = [m for m in DEFAULT_MODELS if m in installed] + list(plugins)
+    else:
+        models = list(args.models) + [p for p in plugins if p not in args.models]
+    if not models:
+        raise UsageError("no models to run: install a model plugin or pass --models / --plugin")
+    protocol: dict[str, Any] = {"name": args.protocol, "tie_policy": args.tie_policy,
+                                "patience": args.patience}
+    if args.split:
+        protocol.update(zip(("train", "valid", "test"), args.split))
+    if args.session_gap:
+        protocol["session_gap"] = args.session_gap
+    Protocol(**protocol)  # validate before any work
+    params = _model_params(args, models)
+    for name in models:  # unknown names, parameters and capabilities fail before anything runs
+        cls = resolve_model(name, plugins.get(name))
+        build_model(cls, params[name], name)
+        check_compatible(cls, args.protocol, name)
+    from harness.data import open_dataset
+
+    open_dataset(args.dataset, progress=not args.quiet)  # unknown dataset: fail before running
+    specs = [
+        RunSpec(model=name, dataset=args.dataset, protocol=protocol, params=params[name], seed=seed,
+                epochs=args.epochs, plugin=plugins.get(name), results=args.results,
+                timeout=args.timeout, progress=not args.quiet)
+        for name in models for seed in args.seeds
+    ]
+    paths = run_many(specs, isolate=not args.in_process)
+    records = [r for r in load_records(args.results) if r["_path"] in {str(p) for p in paths}]
+    for record in records:
+        if record["status"] != "ok":
+            print(f"harness: {record['model']} (seed {record['seed']}) {record['status']}: "
+                  f"{record.get('reason', '')}", file=sys.stderr)
+    print(leaderboard(records, fmt=args.format))
+    print(f"\n{len(records)} run records in {args.results}/", file=sys.stderr)
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harness.leaderboard import leaderboard
+    from harness.records import load_records
+
+    print(leaderboard(load_records(args.results), dataset=args.dataset, protocol=args.protocol,
+                      fmt=args.format))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.runner import build_model, resolve_model
+    from harness.testing import CHECKS, applicable_checks
+
+    cls = resolve_model(args.model, args.plugin)
+    params = {key: value for model, key, value in args.param if model == args.model}
+    model = build_model(cls, params, args.model)
+    names = applicable_checks(model)
+    failed = 0
+    for name in names:
+        try:
+            CHECKS[name](model)
+        except AssertionError as exc:
+            failed += 1
+            print(f"FAIL  {name}: {exc}")
+        else:
+            print(f"ok    {name}")
+    skipped = sorted(set(CHECKS) - set(names))
+    print(f"{len(names) - failed} passed, {failed} failed" + (f", {len(skipped)} skipped" if skipped else ""))
+    return 1 if failed or not names else 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "validate": cmd_validate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    try:
+        return handler(args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Runs (model, dataset, protocol, seed) jobs, each in its own process, and writes run records.
+
+Workers receive names and parameters and resolve plugins themselves (registries filled in the
+parent are not inherited by spawned processes). One failing or hanging model does not stop the
+others: its record says ``failed`` or ``timeout``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import queue as queue_module
+import resource
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError, UsageError
+from harness.records import SCHEMA_VERSION, environment, new_run_id, write_record
+
+__all__ = ["RunSpec", "resolve_model", "run_many", "run_one"]
+
+
+@dataclass
+class RunSpec:
+    """One run: what to evaluate, on what, how. Everything here goes into the run record."""
+
+    model: str
+    dataset: str
+    protocol: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    epochs: int | None = None
+    plugin: str | None = None  # "package.module:Class" for a model no distribution registers
+    results: str = "results"
+    timeout: float | None = None
+    progress: bool = False
+
+
+def resolve_model(name: str, plugin: str | None = None) -> type:
+    """The model class for a registered name, or for ``plugin`` (``package.module:Class``)."""
+    from harness.api import Model
+    from harness.registry import default_registry, load_object
+
+    if plugin:
+        try:
+            cls = load_object(plugin)
+        except (ImportError, AttributeError) as exc:
+            raise UsageError(f"--plugin {plugin}: cannot import it ({exc}); check the module path "
+                             "and that its directory is on PYTHONPATH") from exc
+    else:
+        cls = default_registry("models").get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Model)):
+        raise UsageError(f"model {name!r} ({plugin or 'entry point'}) is not a harness.api.Model "
+                         f"subclass: got {cls!r}")
+    return cls
+
+
+def build_model(cls: type, params: dict[str, Any], name: str) -> Any:
+    """Instantiate with keyword parameters, rejecting unknown ones with the list of known ones."""
+    known = cls.param_names()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        from harness.errors import did_you_mean
+
+        raise UsageError(f"model {name!r}: " + did_you_mean(unknown[0], known, "parameter"))
+    return cls(**params)
+
+
+def changed_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters that differ from the constructor's defaults (used to label leaderboard rows)."""
+    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
+    return {k: v for k, v in params.items() if defaults.get(k, inspect.Parameter.empty) != v}
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Evaluate one run in this process and return its record (not written)."""
+    from harness.data import open_dataset
+    from harness.evaluate import Protocol, check_compatible, evaluate
+
+    started = time.time()
+    record: dict[str, Any] = _skeleton(spec)
+    try:
+        cls = resolve_model(spec.model, spec.plugin)
+        model = build_model(cls, spec.params, spec.model)
+        record["params"] = model.get_params()
+        record["params_changed"] = changed_params(cls, record["params"])
+        record["plugin"] = f"{cls.__module__}:{cls.__qualname__}"
+        dataset = open_dataset(spec.dataset, progress=spec.progress)
+        protocol = Protocol(**{"session_gap": dataset.session_gap, **spec.protocol})
+        record["protocol"] = protocol.to_dict()
+        check_compatible(cls, protocol.name, spec.model)
+        stream = dataset.load()
+        record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **stream.counts()}
+        result = evaluate(model, stream, protocol, epochs=spec.epochs, seed=spec.seed,
+                          progress=spec.progress)
+    except HarnessError as exc:
+        return {**record, "status": "failed", "reason": str(exc)}
+    except Exception as exc:  # a model's bug must become a failed record, not a crash
+        return {**record, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}
+    record.update(
+        status="ok",
+        metrics=result.metrics,
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        notes=result.notes,
+        model_report=result.model_report,
+        timing={**result.timing, "peak_rss_mb": _peak_rss_mb(), "wall_seconds": time.time() - started},
+    )
+    return record
+
+
+def _skeleton(spec: RunSpec) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": new_run_id(),
+        "status": "failed",
+        "model": spec.model,
+        "params": spec.params,
+        "dataset": {"name": spec.dataset},
+        "protocol": {"name": spec.protocol.get("name", "streaming"), **spec.protocol},
+        "seed": spec.seed,
+        "epochs_requested": spec.epochs,
+        "metrics": {},
+        "epochs": [],
+        "timing": {},
+        "environment": environment(),
+        "spec": asdict(spec),
+    }
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _worker(spec: RunSpec, queue: Any) -> None:
+    try:
+        path = write_record(run_one(spec), spec.results)
+        queue.put(str(path))
+    except BaseException as exc:  # report even a crash in writing
+        queue.put(f"error: {type(exc).__name__}: {exc}")
+
+
+def run_many(specs: list[RunSpec], *, isolate: bool = True) -> list[Path]:
+    """Run every spec (each in a fresh process when ``isolate``) and write one record each.
+
+    Returns the record paths in the order of ``specs``.
+    """
+    paths: list[Path] = []
+    for spec in specs:
+        if not isolate:
+            paths.append(write_record(run_one(spec), spec.results))
+            continue
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        process = context.Process(target=_worker, args=(spec, queue), daemon=True)
+        process.start()
+        process.join(spec.timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            record = _skeleton(spec)
+            record.update(status="timeout", reason=f"stopped after the time limit of {spec.timeout:g} s")
+            paths.append(write_record(record, spec.results))
+            continue
+        try:
+            message = queue.get(timeout=10)
+        except queue_module.Empty:
+            message = f"error: exit status {process.exitcode}"
+        if message.startswith("error: "):
+            record = _skeleton(spec)
+            record.update(status="failed", reason=f"the worker process died ({message[7:]})")
+            paths.append(write_record(record, spec.results))
+        else:
+            paths.append(Path(message))
+    return paths

@@ -1,0 +1,288 @@
+"""Conformance checks: each takes an unfitted model and raises AssertionError on a violation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from harness.api import Model
+from harness.evaluate import Prepared, Protocol, check_compatible, iter_blocks, prepare, replay
+from harness.interactions import Interactions
+
+__all__ = [
+    "CHECKS",
+    "applicable_checks",
+    "check_block_equals_single",
+    "check_finite_for_unseen",
+    "check_model",
+    "check_no_lookahead",
+    "check_params_round_trip",
+    "check_pickle_round_trip",
+    "check_predictions_shape",
+    "check_seed_determinism",
+    "random_stream",
+]
+
+
+def random_stream(
+    n_users: int = 24,
+    n_items: int = 16,
+    n_events: int = 800,
+    *,
+    n_features: int = 2,
+    seed: int = 0,
+) -> Interactions:
+    """A small stream that stresses models: many repeats, equal timestamps, bursts of activity
+    separated by long gaps (so it sessionizes), rare state labels, and users and items that first
+    appear in the last part (cold start)."""
+    rng = np.random.default_rng(seed)
+    warm_users, warm_items = n_users - 4, n_items - 3
+    user = rng.integers(0, warm_users, n_events)
+    item = rng.integers(0, warm_items, n_events)
+    repeat = rng.random(n_events) < 0.4
+    for j in np.flatnonzero(repeat)[1:]:
+        previous = np.flatnonzero(user[:j] == user[j])
+        if previous.size:
+            item[j] = item[previous[-1]]
+    tail = np.arange(int(0.85 * n_events), n_events)
+    cold = rng.random(tail.size) < 0.2
+    user[tail[cold]] = rng.integers(warm_users, n_users, cold.sum())
+    item[tail[cold]] = rng.integers(warm_items, n_items, cold.sum())
+    gaps = np.where(rng.random(n_events) < 0.05, rng.exponential(6 * 3600.0, n_events),
+                    np.floor(rng.exponential(60.0, n_events)))
+    gaps[rng.random(n_events) < 0.1] = 0.0  # equal timestamps
+    t = np.cumsum(gaps)
+    label = (rng.random(n_events) < 0.08).astype(np.int8)
+    features = rng.normal(size=(n_events, n_features)).astype(np.float32)
+    return Interactions.from_arrays(user, item, t, label, features, n_users=n_users,
+                                    n_items=n_items, name="conformance")
+
+
+def _protocol_for(model: Model) -> Protocol:
+    caps = type(model).capabilities
+    if "rank" in caps:
+        return Protocol("streaming", train=0.6, valid=0.2, test=0.2)
+    if "state" in caps:
+        return Protocol("state")
+    return Protocol("sessions", session_gap=3600.0)
+
+
+def _clone(model: Model) -> Model:
+    return type(model)(**model.get_params())
+
+
+def _fitted(model: Model, data: Prepared, seed: int = 0, epochs: int = 1) -> Model:
+    fresh = _clone(model)
+    fresh.fit(data.train, seed=seed)
+    if type(fresh).iterative:
+        for _ in range(epochs):
+            fresh.train_epoch()
+    return fresh
+
+
+def _data(model: Model, stream: Interactions | None = None) -> tuple[Prepared, Protocol]:
+    protocol = _protocol_for(model)
+    check_compatible(type(model), protocol.name)
+    return prepare(stream if stream is not None else random_stream(), protocol), protocol
+
+
+def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> None:
+    for key in a:
+        if key in ("best", "worst"):
+            if not np.array_equal(a[key], b[key]):
+                diff = np.flatnonzero(a[key] != b[key])
+                raise AssertionError(
+                    f"{what}: {key} ranks differ at {diff.size} of {a[key].size} queries "
+                    f"(first at query {diff[0]}: {a[key][diff[0]]} vs {b[key][diff[0]]})"
+                )
+        elif not np.allclose(a[key], b[key], rtol=1e-5, atol=1e-7):
+            raise AssertionError(f"{what}: {key} predictions differ")
+
+
+def check_params_round_trip(model: Model) -> None:
+    """``type(m)(**m.get_params())`` rebuilds the same parameters, and they are JSON values."""
+    params = model.get_params()
+    rebuilt = _clone(model).get_params()
+    if rebuilt != params:
+        raise AssertionError(f"parameters changed in a round trip: {params} -> {rebuilt}")
+    try:
+        json.dumps(params)
+    except TypeError as exc:
+        raise AssertionError(f"parameters must be JSON values for run records: {exc}") from exc
+
+
+def check_predictions_shape(model: Model) -> None:
+    """Scores are ``(len(block), n_items)``; states are probabilities; gaps are finite, >= 0."""
+    data, protocol = _data(model)
+    fitted = _fitted(model, data)
+    block = data.events[:1]
+    caps = type(model).capabilities
+    if "rank" in caps:
+        scores = np.asarray(fitted.score(block))
+        expected = (1, data.events.n_items)
+        if scores.shape != expected:
+            raise AssertionError(f"score returned shape {scores.shape}, expected {expected}")
+    fitted.observe(block)
+    if "state" in caps:
+        probs = np.asarray(fitted.predict_state(block))
+        if probs.shape != (1,) or not (0 <= probs[0] <= 1):
+            raise AssertionError(f"predict_state must return one probability per event: {probs}")
+    if "return_time" in caps:
+        gaps = np.asarray(fitted.predict_return_time(block.user, block.t))
+        if gaps.shape != (1,) or not np.isfinite(gaps).all() or gaps[0] < 0:
+            raise AssertionError(f"predict_return_time must return finite gaps >= 0: {gaps}")
+
+
+def check_block_equals_single(model: Model) -> None:
+    """Evaluating in blocks gives the same ranks as one event at a time (models with blocks)."""
+    if not type(model).supports_blocks:
+        return
+    data, protocol = _data(model)
+    fitted = _fitted(model, data)
+    blocked = replay(copy.deepcopy(fitted), data, protocol, max_block=1024)
+    single = replay(copy.deepcopy(fitted), data, protocol, max_block=1)
+    _assert_same(blocked, single, "block vs one-at-a-time evaluation")
+
+
+def check_no_lookahead(model: Model) -> None:
+    """A prediction for an event never depends on that event or later ones.
+
+    From a cut point on, events get other items, labels and features (same users and times):
+    every prediction before the cut must stay the same, and so must the score row of the event
+    at the cut, in one-at-a-time and in block evaluation. A state prediction must not depend on
+    the event's own label.
+    """
+    data, protocol = _data(model)
+    fitted = _fitted(model, data)
+    max_block = 1024 if type(model).supports_blocks else 1
+    rng = np.random.default_rng(1)
+    events, n = data.events, len(data.events)
+    original = replay(copy.deepcopy(fitted), data, protocol, max_block=1)
+    for cut in (n // 3, (2 * n) // 3):
+        item = events.item.copy()
+        item[cut:] = (item[cut:] + rng.integers(1, events.n_items, n - cut)) % events.n_items
+        features = events.features.copy()
+        features[cut:] = rng.normal(size=features[cut:].shape)
+        altered = replace(events, item=item, label=1 - events.label, features=features)
+        altered.label[:cut] = events.label[:cut]
+        changed = replay(copy.deepcopy(fitted), replace(data, events=altered), protocol, 1)
+        before = {
+            "best": int(data.ranked[:cut].sum()),
+            "worst": int(data.ranked[:cut].sum()),
+            "state": cut if original["state"].size else 0,
+            "gap": int((~np.isnan(data.gap[:cut])).sum()),
+        }
+        _assert_same(
+            {k: v[: before[k]] for k, v in original.items()},
+            {k: v[: before[k]] for k, v in changed.items()},
+            f"predictions before event {cut} changed when events from {cut} on were altered",
+        )
+        if "rank" in type(model).capabilities:
+            _check_row_ignores_future(fitted, data, altered, cut, max_block)
+        if original["state"].size:
+            own_label = replace(events, label=events.label.copy())
+            own_label.label[cut] = 1 - own_label.label[cut]
+            flipped = replay(copy.deepcopy(fitted), replace(data, events=own_label), protocol, 1)
+            if not np.allclose(flipped["state"][: cut + 1], original["state"][: cut + 1],
+                               rtol=1e-5, atol=1e-7):
+                raise AssertionError(
+                    f"the state prediction for event {cut} depends on that event's own label"
+                )
+
+
+def _advance(model: Model, events: Interactions, max_block: int) -> None:
+    """Observe ``events`` block by block, as the evaluator would."""
+    for a, b in iter_blocks(events, max_block):
+        model.observe(events[a:b])
+
+
+def _check_row_ignores_future(
+    fitted: Model, data: Prepared, altered: Interactions, cut: int, max_block: int
+) -> None:
+    """Score the evaluation block that holds event ``cut``, with and without the alteration."""
+    start, stop = next((a, b) for a, b in iter_blocks(data.events, max_block) if a <= cut < b)
+    for width in sorted({1, stop - start}):
+        lo = max(start, cut - width + 1)
+        before = copy.deepcopy(fitted)
+        _advance(before, data.events[:lo], max_block)
+        after = copy.deepcopy(before)
+        rows = cut - lo + 1
+        a = np.asarray(before.score(data.events[lo:stop]))[:rows]
+        b = np.asarray(after.score(altered[lo:stop]))[:rows]
+        if not np.allclose(a, b, rtol=1e-5, atol=1e-7):
+            raise AssertionError(
+                f"the score row for event {cut} depends on that event's own item, label or "
+                "features, or on later events of its block: the model looks ahead"
+            )
+
+
+def check_seed_determinism(model: Model) -> None:
+    """Two fits with the same seed give identical predictions."""
+    data, protocol = _data(model)
+    first = replay(_fitted(model, data, seed=3), data, protocol, max_block=1)
+    second = replay(_fitted(model, data, seed=3), data, protocol, max_block=1)
+    _assert_same(first, second, "two runs with seed 3")
+
+
+def check_pickle_round_trip(model: Model) -> None:
+    """A fitted model survives pickling: the copy predicts exactly what the original does."""
+    data, protocol = _data(model)
+    fitted = _fitted(model, data)
+    restored = pickle.loads(pickle.dumps(fitted))
+    _assert_same(replay(fitted, data, protocol, 1), replay(restored, data, protocol, 1),
+                 "a pickled and restored model")
+
+
+def check_finite_for_unseen(model: Model) -> None:
+    """Users and items that never occur in training get finite predictions."""
+    data, protocol = _data(model)
+    fitted = _fitted(model, data)
+    unseen_users = set(range(data.events.n_users)) - set(data.train.user.tolist())
+    if not unseen_users:
+        raise AssertionError("the conformance stream should contain users unseen in training")
+    out = replay(fitted, data, protocol, 1)
+    if "rank" in type(model).capabilities:
+        scores = np.asarray(_fitted(model, data).score(data.events[-1:]))
+        if not np.isfinite(scores).all():
+            raise AssertionError("score() returned non-finite values")
+    for key in ("state", "gap"):
+        if out[key].size and not np.isfinite(out[key]).all():
+            raise AssertionError(f"{key} predictions contain non-finite values")
+
+
+CHECKS: dict[str, Callable[[Model], None]] = {
+    "params_round_trip": check_params_round_trip,
+    "predictions_shape": check_predictions_shape,
+    "block_equals_single": check_block_equals_single,
+    "no_lookahead": check_no_lookahead,
+    "seed_determinism": check_seed_determinism,
+    "pickle_round_trip": check_pickle_round_trip,
+    "finite_for_unseen": check_finite_for_unseen,
+}
+
+
+def applicable_checks(model: Model) -> list[str]:
+    """Names of the checks that apply to the model's capabilities."""
+    names = list(CHECKS)
+    if not type(model).supports_blocks:
+        names.remove("block_equals_single")
+    return names
+
+
+def check_model(model: Model) -> list[str]:
+    """Run every applicable check; return their names. Raises AssertionError on the first
+    failure, and when no check applies (a run that checks nothing must not pass)."""
+    names = applicable_checks(model)
+    if not names:
+        raise AssertionError(f"no conformance check applies to {type(model).__name__}")
+    for name in names:
+        try:
+            CHECKS[name](model)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from exc
+    return names
