@@ -1,0 +1,159 @@
+"""The evaluator's protocol rules, each with a test that fails if the rule is broken."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from toy_models import ConstantReturn, Counts, Recorder, Scripted
+
+from harness.errors import UsageError
+from harness.evaluate import Protocol, check_compatible, evaluate, iter_blocks, prepare
+from harness.interactions import Interactions
+from harness.testing import random_stream
+
+WIKIPEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia.csv"
+
+
+def skewed_stream(n=2000, n_users=40, n_items=30, seed=0):
+    rng = np.random.default_rng(seed)
+    item = np.minimum(rng.zipf(1.6, n) - 1, n_items - 1)
+    return Interactions.from_arrays(rng.integers(0, n_users, n), item, np.sort(rng.random(n) * 1e5),
+                                    (rng.random(n) < 0.05), n_users=n_users, n_items=n_items)
+
+
+def test_index_split_boundaries_and_call_order():
+    stream = skewed_stream(n=1003)
+    model = Recorder()
+    evaluate(model, stream, Protocol("streaming"))
+    assert model.train_len_ == int(0.8 * 1003)
+    np.testing.assert_array_equal(model.train_t_, stream.t[: int(0.8 * 1003)])
+    # the probe that evaluated is a copy; replay the calls on the model that was passed
+    calls = model.log_
+    assert calls == []  # the passed model is never streamed through: copies are
+    probe = Recorder()
+    probe.fit(stream[: int(0.8 * 1003)])
+    from harness.evaluate import replay
+
+    replay(probe, prepare(stream, Protocol("streaming")), Protocol("streaming"), 1024)
+    seen = [(kind, t) for kind, ts, _ in probe.log_ for t in ts]
+    scored = [t for kind, t in seen if kind == "score"]
+    observed = [t for kind, t in seen if kind == "observe"]
+    np.testing.assert_array_equal(scored, stream.t[int(0.8 * 1003):])
+    np.testing.assert_array_equal(observed, stream.t[int(0.8 * 1003):])
+    # every block is scored before it is observed, and blocks come in time order
+    kinds = [kind for kind, _, _ in probe.log_]
+    assert kinds == ["score", "observe"] * (len(kinds) // 2)
+
+
+def test_blocks_have_distinct_users_and_items_and_cover_the_stream():
+    stream = random_stream(n_events=500)
+    blocks = list(iter_blocks(stream))
+    assert blocks[0][0] == 0 and blocks[-1][1] == len(stream)
+    for (a, b), (c, _) in zip(blocks, blocks[1:]):
+        assert b == c
+        assert len(set(stream.user[a:b])) == b - a and len(set(stream.item[a:b])) == b - a
+        # maximal: the next event repeats a user or an item of the block
+        assert stream.user[b] in stream.user[a:b] or stream.item[b] in stream.item[a:b]
+    assert max(b - a for a, b in iter_blocks(stream, max_block=3)) <= 3
+
+
+def test_block_evaluation_equals_one_at_a_time():
+    stream = random_stream(n_events=1500)
+    blocked = evaluate(Counts(), stream, Protocol("streaming"))
+    single = evaluate(Counts(), stream, Protocol("streaming", max_block=1))
+    assert blocked.metrics == single.metrics
+
+
+def test_tie_policies_on_a_model_that_ties_everything():
+    stream = skewed_stream()
+    n = stream.n_items
+    out = {p: evaluate(Recorder(), stream, Protocol("streaming", tie_policy=p)).metrics["test"]
+           for p in ("average", "optimistic", "pessimistic")}
+    assert out["optimistic"]["mrr"] == 1.0
+    assert out["pessimistic"]["mrr"] == pytest.approx(1 / n)
+    assert out["average"]["mrr"] == pytest.approx(sum(1 / r for r in range(1, n + 1)) / n)
+    assert out["average"]["recall@10"] == pytest.approx(10 / n)
+
+
+def test_best_validation_epoch_is_reported_with_early_stopping():
+    stream = skewed_stream()
+    result = evaluate(Scripted(), stream, Protocol("streaming", patience=2), epochs=7)
+    assert result.best_epoch == 2
+    assert [e["epoch"] for e in result.epochs] == [1, 2, 3, 4]  # stopped: 2 epochs without gain
+    curve = [e["valid"]["mrr"] for e in result.epochs]
+    assert curve[1] == max(curve) and curve[2] < curve[0] < curve[1]
+    reference = evaluate(Counts(), stream, Protocol("streaming"))
+    assert result.metrics["test"] == reference.metrics["test"]
+    assert len(result.timing["samples"]["epoch_fit_seconds"]) == 4
+
+
+def test_state_protocol_reports_auc_on_a_60_20_20_split():
+    stream = skewed_stream(n=3000)
+    result = evaluate(Counts(), stream, Protocol("state"))
+    assert set(result.metrics["test"]) >= {"auc"} and "mrr" not in result.metrics["test"]
+    data = prepare(stream, Protocol("state"))
+    assert len(data.train) == int(0.6 * 3000)
+    assert (data.split == 1).sum() == int(0.8 * 3000) - int(0.6 * 3000)
+
+
+def test_incompatible_model_fails_before_training():
+    with pytest.raises(UsageError, match="declares return_time; use --protocol sessions"):
+        check_compatible(ConstantReturn, "streaming", "constant")
+    with pytest.raises(UsageError):
+        evaluate(ConstantReturn(), skewed_stream(), Protocol("streaming"))
+
+
+def test_session_targets_on_a_hand_made_stream():
+    hour = 3600.0
+    # user 0: visits at 0h (items 1,1,2), 5h (item 3), 9h (4); user 1: 1h (5), 1.2h (6), 30h (7)
+    rows = [(0, 1, 0.0), (0, 1, 0.1), (1, 5, 1.0), (0, 2, 0.2), (1, 6, 1.2),
+            (0, 3, 5.0), (0, 4, 9.0), (1, 7, 30.0)]
+    user, item, t = (np.array(c) for c in zip(*rows))
+    stream = Interactions.from_arrays(user, item, t * hour, n_users=2, n_items=8)
+    from harness.evaluate import _session_targets
+    from harness.data.sessions import sessionize
+
+    s = sessionize(stream, gap=hour)
+    ranked, gap = _session_targets(s)
+    # consecutive repeat (0,1) collapsed; 7 events remain
+    assert len(s) == 7
+    by_time = {round(float(tt) / hour, 1): (bool(r), g) for tt, r, g in zip(s.t, ranked, gap)}
+    assert by_time[0.0][0] is False and by_time[0.2][0] is True  # within-session query
+    assert by_time[1.2] == (True, pytest.approx(28.8 * hour))  # end of visit -> next start
+    assert by_time[0.2][1] == pytest.approx(4.8 * hour)
+    assert by_time[5.0][1] == pytest.approx(4.0 * hour)
+    assert math.isnan(by_time[9.0][1]) and math.isnan(by_time[30.0][1])  # no next visit
+
+
+def test_sessions_protocol_reports_return_time_mae():
+    stream = random_stream(n_events=3000, n_users=10)
+    result = evaluate(ConstantReturn(hours=2.0), stream, Protocol("sessions", session_gap=3600.0))
+    test = result.metrics["test"]
+    assert test["mae"] > 0 and test["return_time_queries"] > 0
+    assert "mrr" not in test
+    assert sum(b["count"] for b in test["mae_by_gap_days"].values()) == test["return_time_queries"]
+
+
+@pytest.mark.skipif(not WIKIPEDIA.exists(), reason="needs ../shared/data/wikipedia.csv")
+def test_popularity_mrr_on_wikipedia_equals_a_hand_computation():
+    from harness.data import open_dataset
+
+    stream = open_dataset(str(WIKIPEDIA)).load()
+    result = evaluate(Counts(), stream, Protocol("streaming"))
+    # independent: one event at a time, counts so far, expected reciprocal rank over tie orders
+    n = len(stream)
+    start = int(0.8 * n)
+    counts = np.bincount(stream.item[:start], minlength=stream.n_items).astype(float)
+    reciprocal = {1: [], 2: []}
+    for j in range(start, n):
+        true = counts[stream.item[j]]
+        above = int((counts > true).sum())
+        tied = int((counts == true).sum())
+        reciprocal[1 if j < int(0.9 * n) else 2].append(
+            sum(1.0 / r for r in range(above + 1, above + tied + 1)) / tied)
+        counts[stream.item[j]] += 1
+    assert result.metrics["valid"]["mrr"] == pytest.approx(np.mean(reciprocal[1]), rel=1e-12)
+    assert result.metrics["test"]["mrr"] == pytest.approx(np.mean(reciprocal[2]), rel=1e-12)

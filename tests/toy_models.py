@@ -1,0 +1,102 @@
+"""Small models for testing the evaluator and the conformance suite (not plugins)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.api import Model
+
+
+class Counts(Model):
+    """Popularity so far, written plainly; exact for blocks by counting earlier block events."""
+
+    capabilities = frozenset({"rank", "state"})
+    supports_blocks = True
+
+    def __init__(self, *, prior: float = 0.0) -> None:
+        self.prior = prior
+
+    def fit(self, train, *, seed=0):
+        self.counts_ = np.bincount(train.item, minlength=train.n_items).astype(float) + self.prior
+
+    def score(self, block):
+        scores = np.tile(self.counts_, (len(block), 1))
+        for j in range(1, len(block)):
+            scores[j:, block.item[j - 1]] += 1
+        return scores
+
+    def observe(self, block):
+        np.add.at(self.counts_, block.item, 1)
+
+    def predict_state(self, block):
+        return 1.0 / (1.0 + self.counts_[block.item])
+
+
+class Peeking(Counts):
+    """Cheats: puts the true item first. The conformance suite must catch it."""
+
+    def score(self, block):
+        scores = super().score(block)
+        scores[np.arange(len(block)), block.item] += 1e9
+        return scores
+
+
+class Recorder(Model):
+    """Records the order of calls so that tests can check what the evaluator showed it."""
+
+    capabilities = frozenset({"rank"})
+    supports_blocks = True
+
+    def __init__(self, *, blocks: bool = True) -> None:
+        self.blocks = blocks
+
+    def fit(self, train, *, seed=0):
+        self.train_t_ = train.t.copy()
+        self.train_len_ = len(train)
+        self.log_ = []
+
+    def score(self, block):
+        self.log_.append(("score", block.t.copy(), block.user.copy()))
+        return np.zeros((len(block), block.n_items))
+
+    def observe(self, block):
+        self.log_.append(("observe", block.t.copy(), block.user.copy()))
+
+
+class Scripted(Counts):
+    """An iterative model whose quality per epoch follows a script: at epoch ``e`` it scores
+    ``script[e-1] * popularity`` (1 good, 0 all tied, -1 bad)."""
+
+    capabilities = frozenset({"rank"})
+    iterative = True
+    default_epochs = 3
+
+    def __init__(self, *, script: tuple = (0, 1, -1, -1, -1, -1, -1), prior: float = 0.0) -> None:
+        self.script = script
+        self.prior = prior
+
+    def fit(self, train, *, seed=0):
+        super().fit(train, seed=seed)
+        self.epoch_ = 0
+
+    def train_epoch(self):
+        self.epoch_ += 1
+        return {"loss": 1.0 / self.epoch_}
+
+    def score(self, block):
+        return self.script[self.epoch_ - 1] * super().score(block)
+
+
+class ConstantReturn(Model):
+    """Predicts the same return time for everyone."""
+
+    capabilities = frozenset({"return_time"})
+
+    def __init__(self, *, hours: float = 5.0) -> None:
+        self.hours = hours
+
+    def fit(self, train, *, seed=0):
+        pass
+
+    def predict_return_time(self, user, t):
+        return np.full(len(user), self.hours * 3600.0)
