@@ -30,21 +30,13 @@ def test_index_split_boundaries_and_call_order():
     evaluate(model, stream, Protocol("streaming"))
     assert model.train_len_ == int(0.8 * 1003)
     np.testing.assert_array_equal(model.train_t_, stream.t[: int(0.8 * 1003)])
-    # the probe that evaluated is a copy; replay the calls on the model that was passed
-    calls = model.log_
-    assert calls == []  # the passed model is never streamed through: copies are
-    probe = Recorder()
-    probe.fit(stream[: int(0.8 * 1003)])
-    from harness.evaluate import replay
-
-    replay(probe, prepare(stream, Protocol("streaming")), Protocol("streaming"), 1024)
-    seen = [(kind, t) for kind, ts, _ in probe.log_ for t in ts]
+    seen = [(kind, t) for kind, ts, _ in model.log_ for t in ts]
     scored = [t for kind, t in seen if kind == "score"]
     observed = [t for kind, t in seen if kind == "observe"]
     np.testing.assert_array_equal(scored, stream.t[int(0.8 * 1003):])
     np.testing.assert_array_equal(observed, stream.t[int(0.8 * 1003):])
     # every block is scored before it is observed, and blocks come in time order
-    kinds = [kind for kind, _, _ in probe.log_]
+    kinds = [kind for kind, _, _ in model.log_]
     assert kinds == ["score", "observe"] * (len(kinds) // 2)
 
 
@@ -85,8 +77,9 @@ def test_best_validation_epoch_is_reported_with_early_stopping():
     assert [e["epoch"] for e in result.epochs] == [1, 2, 3, 4]  # stopped: 2 epochs without gain
     curve = [e["valid"]["mrr"] for e in result.epochs]
     assert curve[1] == max(curve) and curve[2] < curve[0] < curve[1]
-    reference = evaluate(Counts(), stream, Protocol("streaming"))
-    assert result.metrics["test"] == reference.metrics["test"]
+    reference = evaluate(Counts(), stream, Protocol("streaming")).metrics
+    reference["test"].pop("auc")  # Counts also predicts states; Scripted does not
+    assert result.metrics["test"] == reference["test"]
     assert len(result.timing["samples"]["epoch_fit_seconds"]) == 4
 
 
