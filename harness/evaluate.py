@@ -85,6 +85,8 @@ class Protocol:
 
     @property
     def selection_metric(self) -> str:
+        """The validation metric that picks the best epoch (``mae`` for return-time-only models
+        on the sessions protocol)."""
         return {"streaming": "mrr", "state": "auc", "sessions": "recall@20"}[self.name]
 
     def to_dict(self) -> dict[str, Any]:
@@ -340,7 +342,9 @@ def evaluate(
     valid_samples: list[float] = []
     best: tuple[float, int, Model, _Collector] | None = None
     selection = protocol.selection_metric
-    sign = 1.0
+    if protocol.name == "sessions" and "rank" not in type(model).capabilities:
+        selection = "mae"
+    sign = -1.0 if selection == "mae" else 1.0
     if not type(model).iterative or not (epochs or type(model).default_epochs):
         n_epochs = 0
     else:
@@ -365,11 +369,7 @@ def evaluate(
         collected, seconds = validate(probe)
         valid_samples.append(seconds)
         valid_metrics = collected.metrics(_VALID, protocol, [])
-        if selection not in valid_metrics:
-            selection = "mae" if "mae" in valid_metrics else next(
-                (k for k in ("mrr", "auc") if k in valid_metrics), selection)
-            sign = -1.0 if selection == "mae" else 1.0
-        value = valid_metrics.get(selection, float("nan"))
+        value = valid_metrics.get(selection, math.nan)
         record = {"epoch": epoch, "fit_seconds": fit_samples[-1], "valid_seconds": seconds,
                   "losses": {k: float(v) for k, v in losses.items()},
                   "valid": _plain(valid_metrics)}

@@ -78,6 +78,7 @@ def changed_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Evaluate one run in this process and return its record (not written)."""
     from harness.data import open_dataset
+
     from harness.evaluate import Protocol, check_compatible, evaluate
 
     started = time.time()

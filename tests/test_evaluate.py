@@ -106,8 +106,9 @@ def test_session_targets_on_a_hand_made_stream():
             (0, 3, 5.0), (0, 4, 9.0), (1, 7, 30.0)]
     user, item, t = (np.array(c) for c in zip(*rows))
     stream = Interactions.from_arrays(user, item, t * hour, n_users=2, n_items=8)
-    from harness.evaluate import _session_targets
     from harness.data.sessions import sessionize
+
+    from harness.evaluate import _session_targets
 
     s = sessionize(stream, gap=hour)
     ranked, gap = _session_targets(s)

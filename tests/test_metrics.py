@@ -37,9 +37,9 @@ def test_rank_metrics_match_a_plain_loop(policy, seed):
     ranks = loop_ranks(scores, targets, policy)
     assert mrr(best, worst) == pytest.approx(expected(ranks, lambda r: 1 / r), rel=1e-12)
     for k in (1, 5, 10, 20):
-        assert recall(best, worst, k) == pytest.approx(expected(ranks, lambda r: r <= k), rel=1e-12)
+        assert recall(best, worst, k) == pytest.approx(expected(ranks, lambda r, k=k: r <= k), rel=1e-12)
         assert mrr(best, worst, k) == pytest.approx(
-            expected(ranks, lambda r: 1 / r if r <= k else 0.0), rel=1e-12)
+            expected(ranks, lambda r, k=k: 1 / r if r <= k else 0.0), rel=1e-12)
 
 
 def test_all_scores_tied_gives_the_middle_rank():

@@ -1,0 +1,126 @@
+"""The command line as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.records import load_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def harness(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_help_does_not_import_torch_or_numpy():
+    code = ("import sys; from harness.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_list_shows_plugins_without_importing_them():
+    code = ("import sys; from harness.cli import main; main(['list']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "popularity" in out.stdout and "synthetic" in out.stdout and "mrr" in out.stdout
+    assert out.stdout.strip().endswith("False")
+
+
+def test_misspelt_model_gets_a_suggestion(capsys):
+    assert main(["run", "--models", "populrity", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'popularity'" in err and "Traceback" not in err
+
+
+def test_unknown_parameter_is_a_usage_error(capsys):
+    assert main(["run", "--models", "popularity", "--param", "popularity.alpah=1", "--quiet"]) == 2
+    assert "unknown parameter 'alpah'" in capsys.readouterr().err
+
+
+def test_incompatible_protocol_fails_before_running(capsys, tmp_path):
+    code = main(["run", "--models", "hawkes", "--protocol", "streaming", "--results", str(tmp_path)])
+    assert code == 2
+    assert "use --protocol sessions" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.json"))
+
+
+def test_run_writes_records_and_a_leaderboard(tmp_path, capsys):
+    code = main(["run", "--models", "popularity,recency,frequency", "--seeds", "0,1",
+                 "--results", str(tmp_path), "--in-process", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| model" in out and "recency" in out and "±" in out
+    records = load_records(tmp_path)
+    assert len(records) == 6 and {r["status"] for r in records} == {"ok"}
+    record = records[0]
+    for key in ("schema_version", "run_id", "status", "model", "params", "dataset", "protocol",
+                "seed", "metrics", "epochs", "timing", "environment"):
+        assert key in record
+    assert record["protocol"]["tie_policy"] == "average"
+    assert {"mrr", "recall@10", "mrr@10", "recall@1"} <= set(record["metrics"]["test"])
+    assert record["dataset"]["sha256"] and record["dataset"]["events"] > 0
+    assert record["timing"]["peak_rss_mb"] > 0 and record["timing"]["events_per_second"] > 0
+    assert main(["leaderboard", "--results", str(tmp_path), "--format", "latex"]) == 0
+    assert "\\textbf" in capsys.readouterr().out
+
+
+def test_a_failing_model_does_not_stop_the_others(tmp_path, capsys):
+    plugin = "toy_models:Peeking"  # importable from tests/, which pytest puts on sys.path
+    broken = tmp_path / "broken.py"
+    broken.write_text("from toy_models import Counts\n"
+                      "class Broken(Counts):\n"
+                      "    def score(self, block):\n"
+                      "        raise RuntimeError('boom')\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code = main(["run", "--models", "popularity", "--plugin", "broken:Broken", "--plugin", plugin,
+                     "--results", str(tmp_path / "r"), "--in-process", "--quiet"])
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert code == 1
+    statuses = {r["model"]: r["status"] for r in load_records(tmp_path / "r")}
+    assert statuses == {"popularity": "ok", "broken": "failed", "peeking": "ok"}
+    assert "RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_records_are_written_atomically_and_old_versions_refused(tmp_path):
+    from harness.errors import HarnessError
+    from harness.records import write_json_atomic
+
+    path = write_json_atomic(tmp_path / "a" / "r.json", {"schema_version": 0})
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+    with pytest.raises(HarnessError, match="schema_version 0"):
+        load_records(tmp_path)
+    path.write_text(json.dumps({"schema_version": 1}))
+    with pytest.raises(HarnessError, match="lacks keys"):
+        load_records(tmp_path)
+
+
+def test_timeout_is_recorded_as_such(tmp_path):
+    from harness.runner import RunSpec, run_many
+
+    slow = tmp_path / "slow_model.py"
+    slow.write_text("import time\nfrom toy_models import Counts\n"
+                    "class Slow(Counts):\n"
+                    "    def fit(self, train, *, seed=0):\n"
+                    "        time.sleep(60)\n")
+    import os
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT / "tests"),
+                                                os.environ.get("PYTHONPATH", "")])
+    try:
+        [path] = run_many([RunSpec(model="slow", dataset="synthetic", plugin="slow_model:Slow",
+                                   results=str(tmp_path / "r"), timeout=8)])
+    finally:
+        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 2)[2]
+    record = json.loads(Path(path).read_text())
+    assert record["status"] == "timeout" and "8 s" in record["reason"]
