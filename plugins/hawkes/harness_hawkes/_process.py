@@ -15,8 +15,9 @@ import numpy as np
 
 __all__ = ["expected_gap", "fit_users", "log_likelihood"]
 
-#: Points of the integration grid (geometric between ``cutoff * 1e-7`` and ``cutoff``).
-GRID_POINTS = 2000
+#: Points of the integration grid (geometric between ``cutoff * 1e-7`` and ``cutoff``; odd,
+#: for Simpson's rule).
+GRID_POINTS = 1201
 #: A fitted baseline at or below this is degenerate: the process may never fire again.
 MIN_BASELINE = 1e-9
 
@@ -55,23 +56,35 @@ def expected_gap(mu: np.ndarray, alpha: np.ndarray, beta: np.ndarray, excitation
     After ``t`` the compensator has the closed form
     ``Lambda(u) = mu u + alpha * excitation * (1 - exp(-beta u))`` and the survival is
     ``exp(-Lambda(u))``; integrating ``u f(u)`` over ``[0, cutoff]`` and putting the remaining
-    mass at the cut-off equals ``int_0^cutoff exp(-Lambda(u)) du``, computed by the trapezoid
-    rule on a geometric grid (so both fast and slow decays are resolved). All arrays have one
-    entry per query.
+    mass at the cut-off equals ``int_0^cutoff exp(-Lambda(u)) du``, computed by Simpson's rule
+    in ``log u`` (a geometric grid, so both fast and slow decays are resolved). All arrays have
+    one entry per query.
     """
     mu, alpha, beta, excitation = (np.asarray(a, dtype=np.float64).ravel()
                                    for a in (mu, alpha, beta, excitation))
-    grid = np.concatenate([[0.0], np.geomspace(cutoff * 1e-7, cutoff, GRID_POINTS)])
-    half_steps = np.diff(grid) / 2.0
+    grid, weights = _quadrature(cutoff)
     out = np.empty(mu.size)
     for lo in range(0, mu.size, chunk):
         sl = slice(lo, lo + chunk)
         compensator = (mu[sl, None] * grid
                        + (alpha[sl] * excitation[sl])[:, None]
                        * -np.expm1(-beta[sl, None] * grid))
-        survival = np.exp(-compensator)
-        out[sl] = (survival[:, 1:] + survival[:, :-1]) @ half_steps
+        out[sl] = np.exp(-compensator) @ weights
     return out
+
+
+def _quadrature(cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights for ``int_0^cutoff g(u) du``: Simpson's rule on ``x = log u`` over
+    ``[cutoff * 1e-7, cutoff]`` (``du = u dx``), plus a trapezoid on ``[0, cutoff * 1e-7]``."""
+    x = np.linspace(math.log(cutoff * 1e-7), math.log(cutoff), GRID_POINTS)
+    step = x[1] - x[0]
+    simpson = np.full(GRID_POINTS, 2.0)
+    simpson[1::2] = 4.0
+    simpson[[0, -1]] = 1.0
+    u = np.exp(x)
+    weights = np.concatenate([[u[0] / 2], simpson * step / 3 * u])
+    weights[1] += u[0] / 2
+    return np.concatenate([[0.0], u]), weights
 
 
 def fit_users(tasks: Sequence[tuple[int, np.ndarray]], decays: Sequence[float],
@@ -80,7 +93,7 @@ def fit_users(tasks: Sequence[tuple[int, np.ndarray]], decays: Sequence[float],
 
     ``times`` start at 0 and are sorted. With several ``decays`` each is fitted and the one of
     highest log-likelihood kept. Returns ``(user, mu, alpha, beta)``, with NaNs where every fit
-    failed or was degenerate (baseline <= MIN_BASELINE). Runs in worker processes: keep it a
+    failed or was degenerate (baseline <= MIN_BASELINE, or all events at one instant). Runs in worker processes: keep it a
     module-level function of plain arguments.
     """
     from tick.hawkes import HawkesExpKern
@@ -88,7 +101,8 @@ def fit_users(tasks: Sequence[tuple[int, np.ndarray]], decays: Sequence[float],
     out = []
     for user, times in tasks:
         best: tuple[float, float, float, float] | None = None
-        for beta in decays:
+        # All visits at one instant leave the least-squares problem without a time scale.
+        for beta in decays if len(times) and times[-1] > times[0] else ():
             try:
                 learner = HawkesExpKern(decays=float(beta), gofit="least-squares")
                 learner.fit([np.ascontiguousarray(times, dtype=np.float64)])
