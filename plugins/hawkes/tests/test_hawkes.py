@@ -231,10 +231,11 @@ def test_failed_fits_fall_back_and_are_counted(monkeypatch: pytest.MonkeyPatch) 
         pytest.approx(np.mean(np.diff(starts)))
 
 
-def test_serial_and_parallel_fits_agree() -> None:
+def test_serial_and_parallel_fits_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     visits = {u: (np.cumsum(np.random.default_rng(u).exponential(5 * HOUR, 8))).tolist()
-              for u in range(420)}
+              for u in range(30)}
     stream = stream_from_visits(visits, events_per_visit=1)
+    monkeypatch.setattr(model_module, "MIN_FITS_FOR_WORKERS", 10)
     serial, parallel = Hawkes(n_jobs=1), Hawkes(n_jobs=2)
     serial.fit(stream)
     parallel.fit(stream)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pytest
+from harness.testing import ModelConformance
+from harness_baselines import Frequency, Popularity, Recency
+
+pytest.importorskip("harness.data.splits", reason="the evaluator's data splits are not there yet")
+
+
+class TestPopularity(ModelConformance):
+    @pytest.fixture
+    def model(self):
+        return Popularity()
+
+
+class TestRecency(ModelConformance):
+    @pytest.fixture
+    def model(self):
+        return Recency()
+
+
+class TestFrequency(ModelConformance):
+    @pytest.fixture
+    def model(self):
+        return Frequency()

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import pytest
+from harness.testing import ModelConformance
+from harness_hawkes import Hawkes
+
+pytest.importorskip("harness.data.sessions", reason="the evaluator's sessionizer is not there yet")
+
+
+class TestHawkesLast15(ModelConformance):
+    @pytest.fixture
+    def model(self):
+        return Hawkes(history="last15", min_sessions=3, n_jobs=1)
+
+
+class TestHawkesAll(ModelConformance):
+    @pytest.fixture
+    def model(self):
+        return Hawkes(history="all", min_sessions=3, decay=1.0, n_jobs=1)
