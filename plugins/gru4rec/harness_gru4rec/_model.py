@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from harness.api import Model
 from harness.errors import UsageError
 from harness.interactions import Interactions
-
 from harness_gru4rec._batching import session_parallel_batches, session_sequences, session_starts
 from harness_gru4rec._losses import LOSSES
 
@@ -262,8 +262,9 @@ class GRU4Rec(Model):
         seen = np.zeros(n_users, bool)
         if n == 0:
             empty = np.zeros(0, np.int64)
-            return {"users": empty, "items": empty.astype(np.int32), "offsets": np.zeros(1, np.int64),
-                    "last_t": last_t, "last_session": last_session, "seen": seen}
+            return {"users": empty, "items": empty.astype(np.int32),
+                    "offsets": np.zeros(1, np.int64), "last_t": last_t,
+                    "last_session": last_session, "seen": seen}
         order = np.lexsort((np.arange(n), train.user))
         user = train.user[order]
         segment = np.cumsum(starts[order]) - 1
@@ -275,7 +276,7 @@ class GRU4Rec(Model):
         users, first, lengths = np.unique(tail_user, return_index=True, return_counts=True)
         by_length = np.argsort(-lengths, kind="stable")  # longest first: active users are a prefix
         users, first, lengths = users[by_length], first[by_length], lengths[by_length]
-        items = np.concatenate([tail_item[f : f + c] for f, c in zip(first, lengths)])
+        items = np.concatenate([tail_item[f : f + c] for f, c in zip(first, lengths, strict=True)])
         seen[user[is_last]] = True
         last_t[user[is_last]] = train.t[order][is_last]
         if train.session is not None:
@@ -332,7 +333,10 @@ class GRU4Rec(Model):
         else:
             samples = None
             columns = targets
-        leaves: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        leaves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        dense = [name for name in params if name not in self._sparse]
+        for name in dense:
+            params[name].requires_grad_(True)
         if mode == "constrained":
             rows, inverse = np.unique(np.concatenate([inputs, columns]), return_inverse=True)
             in_index, column_index = inverse[:batch], inverse[batch:]
@@ -376,9 +380,6 @@ class GRU4Rec(Model):
                 log_q = np.concatenate([log_q, self._log_sample_prob[samples]])
             scores = scores - self.logq * torch.from_numpy(log_q)
         loss = LOSSES[self.loss](scores, self.bpreg)
-        dense = [name for name in params if name not in leaves]
-        for name in dense:
-            params[name].requires_grad_(True)
         loss.backward()
         with torch.no_grad():
             for name in dense:
@@ -515,14 +516,15 @@ class GRU4Rec(Model):
         the event opens a session)."""
         state = self._check_block(block)
         users = block.user.astype(np.int64)
-        # Events of one user must go in order; split the block so users are distinct per part.
-        order = np.lexsort((np.arange(len(users)), users))
-        sorted_users = users[order]
-        group_start = np.r_[True, sorted_users[1:] != sorted_users[:-1]] if len(users) else []
-        occurrence = np.empty(len(users), np.int64)
-        if len(users):
-            starts = np.flatnonzero(group_start)
-            occurrence[order] = np.arange(len(users)) - np.repeat(starts, np.diff(np.r_[starts, len(users)]))
+        # A user's events must go in order: the k-th event of each user in the block goes in
+        # part k, and users are distinct within a part.
+        occurrence = np.zeros(len(users), np.int64)
+        if np.unique(users).size < len(users):
+            order = np.lexsort((np.arange(len(users)), users))
+            ordered = users[order]
+            first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+            sizes = np.diff(np.r_[first, len(users)])
+            occurrence[order] = np.arange(len(users)) - np.repeat(first, sizes)
         with torch.no_grad():
             for level in range(int(occurrence.max()) + 1 if len(users) else 0):
                 idx = np.flatnonzero(occurrence == level)
