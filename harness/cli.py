@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="github", choices=["github", "latex", "plain"])
     p.add_argument("--in-process", action="store_true", help="run models in this process")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--params", choices=["best"],
+                   help="best: each model's parameters from the best trial of its `harness tune` "
+                   "study tune-MODEL-DATASET-PROTOCOL (--param still overrides)")
+    p.add_argument("--params-from", metavar="STUDY",
+                   help="the parameters of the best trial of this `harness tune` study")
+    p.add_argument("--storage", help="Optuna storage of the studies (default RESULTS/optuna.journal)")
 
     p = sub.add_parser("leaderboard", help="tables from the run records")
     p.add_argument("--dataset")
@@ -140,6 +146,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import RunSpec, build_model, resolve_model, run_many
 
     plugins = {target.rpartition(":")[2].lower(): target for target in args.plugin}
+    if args.params_from and args.models is None:
+        from harness.tuning import study_model
+
+        args.models = [study_model(args.params_from, args.results, args.storage)]
     if args.models is None:
         installed = default_registry("models").names()
         models = [m for m in DEFAULT_MODELS if m in installed] + list(plugins)
@@ -155,6 +165,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         protocol["session_gap"] = args.session_gap
     Protocol(**protocol)  # validate before any work
     params = _model_params(args, models)
+    if args.params or args.params_from:
+        from harness.tuning import tuned_params
+
+        tuned = tuned_params(models, dataset=args.dataset, protocol=args.protocol,
+                             results=args.results, storage=args.storage, study=args.params_from,
+                             plugins=plugins, log=lambda line: print(line, file=sys.stderr))
+        params = {name: {**tuned.get(name, {}), **params[name]} for name in models}
     for name in models:  # unknown names, parameters and capabilities fail before anything runs
         cls = resolve_model(name, plugins.get(name))
         build_model(cls, params[name], name)

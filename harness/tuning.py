@@ -1,0 +1,745 @@
+"""Hyper-parameter tuning and experiment grids on Optuna studies.
+
+A study lives in an Optuna storage, by default the journal file ``RESULTS/optuna.journal``
+(Optuna's recommended storage for several processes on one machine: an append-only log guarded
+by a file lock, no server, no SQLite "database is locked" errors). Any Optuna storage URL works
+too (``sqlite:///path.db``, ``postgresql://...``, ``mysql://...``), so that workers on several
+machines share one study through a database server.
+
+Trial accounting, the same for ``tune`` and ``grid``: a study asks for ``N`` trials in all. A
+trial *counts* when it is complete, pruned, failed by its own error, or running. A worker takes
+a new trial only while fewer than ``N`` count; on one machine that check and the creation of the
+trial happen under a file lock, so workers started together never overshoot. Without a shared
+lock (a database server), a trial whose number comes after ``N`` counted ones is told ``FAIL``
+at once, marked ``surplus`` and never run. A trial stopped by Ctrl-C, or left running by a worker
+of this machine that died, is marked ``interrupted``, stops counting, and is queued again with
+the same parameters, so that running the same command again resumes where it stopped.
+
+Every trial writes a run record with ``record["tuning"] = {study, trial, storage, ...}``;
+pruned trials have status ``pruned``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError, UsageError
+
+__all__ = [
+    "DEFAULT_STORAGE_FILE",
+    "Override",
+    "StudyHandle",
+    "describe_space",
+    "objective_metric",
+    "open_storage",
+    "parse_override",
+    "run_trial",
+    "tune",
+    "tune_study_name",
+    "tuned_params",
+]
+
+DEFAULT_STORAGE_FILE = "optuna.journal"
+_METRIC_DIRECTION = {"mae": "minimize"}
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StudyHandle:
+    """An opened Optuna storage, how to show it, and the lock that serialises local workers."""
+
+    storage: Any
+    display: str
+    lock_path: Path | None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the workers' lock (a no-op for a database server, see the module notes)."""
+        if self.lock_path is None:
+            yield
+            return
+        import fcntl
+
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_storage(storage: str | None, results: str | Path = "results") -> StudyHandle:
+    """Open ``storage``: ``None`` for ``RESULTS/optuna.journal``, a file path (a journal file, or
+    SQLite when it ends in ``.db``/``.sqlite``/``.sqlite3``), or an Optuna storage URL."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if storage is None:
+        storage = str(Path(results) / DEFAULT_STORAGE_FILE)
+    if storage.startswith("sqlite:///") or "://" not in storage and storage.endswith(
+        (".db", ".sqlite", ".sqlite3")
+    ):
+        path = Path(storage[len("sqlite:///"):] if storage.startswith("sqlite:///") else storage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path}"
+        # A long timeout lets local workers wait for SQLite's write lock instead of failing.
+        rdb = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        return StudyHandle(rdb, url, path.parent / (path.name + ".harness-lock"))
+    if storage.startswith("redis://"):
+        from optuna.storages.journal import JournalRedisBackend
+
+        return StudyHandle(JournalStorage(JournalRedisBackend(storage)), storage, None)
+    if "://" in storage:
+        try:
+            return StudyHandle(RDBStorage(storage), _hide_password(storage), None)
+        except (ImportError, ModuleNotFoundError, optuna.exceptions.OptunaError) as exc:
+            raise UsageError(f"--storage {_hide_password(storage)}: cannot open it ({exc}); "
+                             "install the database driver or check the URL") from exc
+        except Exception as exc:  # sqlalchemy's errors: a wrong URL or an unreachable server
+            raise UsageError(f"--storage {_hide_password(storage)}: cannot open it "
+                             f"({type(exc).__name__}: {exc})") from exc
+    path = Path(storage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = JournalFileBackend(str(path))
+    return StudyHandle(JournalStorage(backend), str(path), path.parent / (path.name + ".harness-lock"))
+
+
+def _hide_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest and ":" in rest.split("@", 1)[0]:
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        rest = f"{user}:***@{rest.split('@', 1)[1]}"
+    return scheme + sep + rest
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def load_or_create(
+    handle: StudyHandle, name: str, direction: str, config: dict[str, Any], sampler: Any, pruner: Any
+) -> Any:
+    """Create study ``name`` or load it; loading checks that it was made by the same command."""
+    import optuna
+
+    study = optuna.create_study(storage=handle.storage, study_name=name, direction=direction,
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    with handle.lock():
+        stored = study.user_attrs.get("harness")
+        if stored is None:
+            study.set_user_attr("harness", config)
+            stored = config
+    if stored != json.loads(json.dumps(config)):
+        diff = {k: (stored.get(k), config.get(k)) for k in sorted(set(stored) | set(config))
+                if stored.get(k) != json.loads(json.dumps(config.get(k)))}
+        shown = "; ".join(f"{k}: study has {a!r}, this command {b!r}" for k, (a, b) in diff.items())
+        raise UsageError(f"study {name!r} in {handle.display} was made by another command ({shown}); "
+                         "repeat that command to resume it, or pass --study NEW_NAME")
+    return study
+
+
+# -- trial accounting ------------------------------------------------------------------------
+
+
+def _worker_id() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _counts(trial: Any) -> bool:
+    """Whether a trial uses up one of the study's requested trials (see the module notes)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+        return True
+    return trial.state == TrialState.FAIL and not (
+        trial.user_attrs.get("interrupted") or trial.user_attrs.get("surplus"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _interrupt(study: Any, trial: Any, reason: str) -> None:
+    """Mark a running trial interrupted and queue its parameters again."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage  # noqa: SLF001 - attributes of a trial another process left running
+    storage.set_trial_user_attr(trial._trial_id, "interrupted", reason)  # noqa: SLF001
+    with contextlib.suppress(Exception):  # another worker may have finished it meanwhile
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+    system = {k: v for k, v in trial.system_attrs.items() if k in ("grid_id", "search_space")}
+    user = {k: v for k, v in trial.user_attrs.items() if k not in ("worker", "interrupted")}
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={**user, "retry_of": trial.number},
+        system_attrs={**system, "fixed_params": dict(trial.params)},
+    ))
+
+
+def _reap_stale(study: Any) -> None:
+    """Trials left running by a dead worker of this machine (or by this very process) are
+    interrupted: nobody will finish them."""
+    from optuna.trial import TrialState
+
+    me = _worker_id()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if not worker or worker.get("host") != me["host"]:
+            continue
+        if worker.get("pid") == me["pid"] or not _alive(int(worker.get("pid", -1))):
+            _interrupt(study, trial, f"worker pid {worker.get('pid')} stopped while it ran")
+
+
+def _drive(
+    study: Any,
+    handle: StudyHandle,
+    n_trials: int,
+    make_sampler: Callable[[int], Any],
+    run: Callable[[Any], tuple[Any, float | None]],
+    timeout: float | None = None,
+    log: Callable[[str], None] | None = None,
+    max_failures: int = 3,
+) -> int:
+    """Take trials until ``n_trials`` count in the study (or ``timeout`` seconds passed); run each
+    with ``run(trial) -> (TrialState, value)``. Returns how many this worker ran; stops with an
+    error when ``max_failures`` trials in a row fail (a broken model or dataset)."""
+    from optuna.trial import TrialState
+
+    started = time.monotonic()
+    ran = failures = 0
+    while timeout is None or time.monotonic() - started < timeout:
+        with handle.lock():
+            _reap_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            if sum(_counts(t) for t in trials) >= n_trials:
+                break
+            study.sampler = make_sampler(len(trials))
+            trial = study.ask()
+            trial.set_user_attr("worker", _worker_id())
+        if handle.lock_path is None:
+            before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+            if sum(_counts(t) for t in before) >= n_trials:
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+        try:
+            state, value = run(trial)
+        except KeyboardInterrupt:
+            _interrupt(study, study._storage.get_trial(trial._trial_id), "interrupted by Ctrl-C")  # noqa: SLF001
+            raise
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        if state == TrialState.COMPLETE:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=state)
+        ran += 1
+        reason = study._storage.get_trial(trial._trial_id).user_attrs.get("reason")  # noqa: SLF001
+        if log is not None:
+            shown = f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else "-"
+            log(f"trial {trial.number}: {state.name.lower()} {shown} {json.dumps(trial.params)}"
+                + (f" ({reason})" if reason else ""))
+        failures = failures + 1 if state == TrialState.FAIL else 0
+        if failures >= max_failures:
+            raise HarnessError(f"stopped after {failures} trials in a row failed; the last: {reason}")
+    return ran
+
+
+# -- search spaces ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Override:
+    """A user's restriction of one search-space parameter: a ``low:high`` range or choices."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def __str__(self) -> str:
+        if self.choices is not None:
+            return f"{self.name}={','.join(json.dumps(c) for c in self.choices)}"
+        return f"{self.name}={self.low:g}:{self.high:g}"
+
+
+def parse_override(text: str) -> Override:
+    """``lr=1e-4:1e-2`` (a range) or ``dim=32,64`` (choices, JSON where they parse)."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not raw:
+        raise UsageError(f"--space takes KEY=LOW:HIGH or KEY=A,B,C, got {text!r}")
+    if ":" in raw and "," not in raw:
+        lo, _, hi = raw.partition(":")
+        try:
+            low, high = float(lo), float(hi)
+        except ValueError:
+            raise UsageError(f"--space {text}: LOW and HIGH must be numbers, like lr=1e-4:1e-2") from None
+        if not low <= high:
+            raise UsageError(f"--space {text}: `low <= high` must hold, but got low={low:g}, high={high:g}")
+        return Override(name, low=low, high=high)
+    choices = []
+    for part in raw.split(","):
+        try:
+            choices.append(json.loads(part))
+        except json.JSONDecodeError:
+            choices.append(part)
+    return Override(name, choices=tuple(choices))
+
+
+class _SpaceTrial:
+    """Hands a model's suggestions to an Optuna trial, with the user's overrides and fixed values
+    applied; other attributes pass through."""
+
+    def __init__(self, trial: Any, overrides: dict[str, Override], fixed: dict[str, Any]) -> None:
+        self._trial = trial
+        self._overrides = overrides
+        self._fixed = fixed
+        self.seen: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> Any:
+        return self._numeric(name, float, low, high, step=step, log=log)
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> Any:
+        return self._numeric(name, int, low, high, step=step, log=log)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.seen[name] = "choice of " + ", ".join(map(repr, choices))
+        if name in self._fixed:
+            return self._fixed[name]
+        override = self._overrides.get(name)
+        if override is not None:
+            if override.choices is not None:
+                choices = list(override.choices)
+            else:
+                choices = [c for c in choices if isinstance(c, (int, float))
+                           and override.low <= c <= override.high]
+                if not choices:
+                    raise UsageError(f"--space {override}: no choice of {name!r} lies in that range")
+        return self._trial.suggest_categorical(name, list(choices))
+
+    def _numeric(self, name: str, kind: type, low: Any, high: Any, *, step: Any, log: bool) -> Any:
+        self.seen[name] = f"{kind.__name__} in [{low:g}, {high:g}]" + (" (log)" if log else "")
+        if name in self._fixed:
+            return self._fixed[name]
+        override = self._overrides.get(name)
+        if override is not None and override.choices is not None:
+            return self._trial.suggest_categorical(name, [kind(c) for c in override.choices])
+        if override is not None:
+            low, high = kind(override.low), kind(override.high)
+            if log and low <= 0:
+                raise UsageError(f"--space {override}: {name!r} is searched on a log scale, "
+                                 "so LOW must be > 0")
+        suggest = self._trial.suggest_float if kind is float else self._trial.suggest_int
+        if kind is int:
+            return suggest(name, low, high, step=step or 1, log=log)
+        return suggest(name, low, high, step=step, log=log)
+
+
+class _Probe:
+    """A stand-in trial that answers every suggestion with its lowest value or first choice."""
+
+    number = -1
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        return low
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return list(choices)[0]
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        pass
+
+
+def describe_space(cls: type) -> dict[str, str]:
+    """The parameters ``cls.search_space`` suggests, each with its range, in suggestion order."""
+    probe = _SpaceTrial(_Probe(), {}, {})
+    cls.search_space(probe)
+    return probe.seen
+
+
+# -- one trial -------------------------------------------------------------------------------
+
+
+def objective_metric(cls: type, protocol: str, metric: str | None = None) -> tuple[str, str]:
+    """The validation metric a study optimises for ``cls`` under ``protocol``, and its direction."""
+    if metric is None:
+        caps = set(cls.capabilities)
+        metric = {
+            "streaming": "mrr" if "rank" in caps else "auc",
+            "state": "auc",
+            "sessions": "recall@20" if "rank" in caps else "mae",
+        }[protocol]
+    return metric, _METRIC_DIRECTION.get(metric, "maximize")
+
+
+@dataclass
+class _Cache:
+    """Streams and prepared splits kept across the trials of one worker."""
+
+    datasets: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    prepared: dict[str, Any] = field(default_factory=dict)
+
+    def dataset(self, spec: str) -> tuple[Any, Any]:
+        if spec not in self.datasets:
+            from harness.data import open_dataset
+
+            dataset = open_dataset(spec)
+            self.datasets[spec] = (dataset, dataset.load())
+        return self.datasets[spec]
+
+
+def run_trial(
+    spec: Any,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    data_fraction: float | None = None,
+    cache: _Cache | None = None,
+) -> dict[str, Any]:
+    """Evaluate one :class:`harness.runner.RunSpec` in this process and return its run record, as
+    :func:`harness.runner.run_one` does, with two additions: ``on_epoch`` may raise
+    ``optuna.TrialPruned`` (the record then has status ``pruned``), and ``data_fraction`` keeps
+    only that leading fraction of the stream (the data-size grid)."""
+    import traceback
+
+    import optuna
+
+    from harness.evaluate import Protocol, check_compatible, evaluate, prepare
+    from harness.runner import _peak_rss_mb, _skeleton, build_model, changed_params, resolve_model
+
+    cache = cache or _Cache()
+    started = time.time()
+    record: dict[str, Any] = _skeleton(spec)
+    epochs: list[dict[str, Any]] = []
+
+    def watch(epoch: dict[str, Any]) -> None:
+        epochs.append(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch)
+
+    try:
+        cls = resolve_model(spec.model, spec.plugin)
+        model = build_model(cls, spec.params, spec.model)
+        record["params"] = model.get_params()
+        record["params_changed"] = changed_params(cls, record["params"])
+        record["plugin"] = f"{cls.__module__}:{cls.__qualname__}"
+        dataset, stream = cache.dataset(spec.dataset)
+        protocol = Protocol(**{"session_gap": dataset.session_gap, **spec.protocol})
+        record["protocol"] = protocol.to_dict()
+        check_compatible(cls, protocol.name, spec.model)
+        key = json.dumps([spec.dataset, protocol.to_dict(), data_fraction], sort_keys=True)
+        if key not in cache.prepared:
+            if data_fraction is not None:
+                stream = stream[: max(1, int(round(data_fraction * len(stream))))]
+            cache.prepared[key] = (stream.counts(), prepare(stream, protocol))
+        counts, prepared = cache.prepared[key]
+        record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts}
+        if data_fraction is not None:
+            record["dataset"]["prefix_fraction"] = data_fraction
+        result = evaluate(model, prepared, protocol, epochs=spec.epochs, seed=spec.seed,
+                          on_epoch=watch)
+    except optuna.TrialPruned as exc:
+        last = epochs[-1]["epoch"] if epochs else 0
+        return {**record, "status": "pruned", "epochs": epochs,
+                "reason": f"pruned at epoch {last}" + (f": {exc}" if str(exc) else ""),
+                "timing": {"wall_seconds": time.time() - started,
+                           "samples": {"epoch_fit_seconds": [e["fit_seconds"] for e in epochs]}}}
+    except HarnessError as exc:
+        return {**record, "status": "failed", "reason": str(exc), "epochs": epochs}
+    except Exception as exc:  # a model's bug must become a failed record, not a crash
+        return {**record, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(), "epochs": epochs}
+    record.update(
+        status="ok",
+        metrics=result.metrics,
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        notes=result.notes,
+        model_report=result.model_report,
+        timing={**result.timing, "peak_rss_mb": _peak_rss_mb(), "wall_seconds": time.time() - started},
+    )
+    return record
+
+
+def _value(record: dict[str, Any], metric: str) -> float | None:
+    value = record.get("metrics", {}).get("valid", {}).get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+# -- tune ------------------------------------------------------------------------------------
+
+
+def tune_study_name(model: str, dataset: str, protocol: str) -> str:
+    """The default study name of ``harness tune`` (``run --params best`` looks for it)."""
+    return f"tune-{model}-{_dataset_slug(dataset)}-{protocol}"
+
+
+def _dataset_slug(dataset: str) -> str:
+    base = Path(dataset).stem if ("/" in dataset or dataset.endswith(".csv")) else dataset
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in base)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def tune(
+    model: str,
+    *,
+    dataset: str = "synthetic",
+    protocol: dict[str, Any] | None = None,
+    trials: int = 20,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    results: str = "results",
+    seed: int = 0,
+    epochs: int | None = None,
+    plugin: str | None = None,
+    space: list[Override] | None = None,
+    fixed: dict[str, Any] | None = None,
+    metric: str | None = None,
+    prune: bool = True,
+    startup_trials: int = 2,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a study of ``model``'s search space until it holds ``trials`` trials.
+
+    The objective is the protocol's validation metric at the model's best epoch; the sampler is
+    TPE seeded with ``seed`` (reseeded per trial number, so workers do not repeat each other);
+    a median pruner stops a trial whose per-epoch validation curve falls below the median of the
+    earlier trials at the same epoch. Returns a summary with the best trial.
+    """
+    import optuna
+
+    from harness.evaluate import Protocol, check_compatible
+    from harness.runner import RunSpec, build_model, resolve_model
+
+    _quiet_optuna()
+    if trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {trials}")
+    protocol = dict(protocol or {"name": "streaming"})
+    Protocol(**protocol)
+    cls = resolve_model(model, plugin)
+    check_compatible(cls, protocol.get("name", "streaming"), model)
+    fixed = dict(fixed or {})
+    overrides = {o.name: o for o in space or []}
+    seen = describe_space(cls)
+    tunable = [name for name in seen if name not in fixed]
+    if not tunable:
+        why = ("declares no search space" if not seen
+               else f"has every parameter of its search space fixed by --param ({', '.join(seen)})")
+        raise UsageError(f"model {model!r} {why}: there is nothing to tune; run it with "
+                         f"`harness run --models {model}`, or give {cls.__name__} a search_space()")
+    unknown = sorted(set(overrides) - set(seen))
+    if unknown:
+        raise UsageError(f"--space {unknown[0]}: model {model!r} does not search that parameter; "
+                         f"its search space has {', '.join(seen)}")
+    build_model(cls, {**_probe_params(cls, overrides, fixed)}, model)  # unknown --param names
+    metric, direction = objective_metric(cls, protocol.get("name", "streaming"), metric)
+    name = study or tune_study_name(model, dataset, protocol.get("name", "streaming"))
+    config = {"kind": "tune", "model": model, "plugin": plugin, "dataset": dataset,
+              "protocol": protocol, "epochs": epochs, "seed": seed, "metric": metric,
+              "space": sorted(str(o) for o in overrides.values()), "fixed": fixed}
+    handle = open_storage(storage, results)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0)
+              if prune else optuna.pruners.NopPruner())
+
+    def make_sampler(number: int) -> Any:
+        return optuna.samplers.TPESampler(seed=seed * 1_000_003 + number, n_startup_trials=5,
+                                          constant_liar=True)
+
+    the_study = load_or_create(handle, name, direction, config, make_sampler(0), pruner)
+    cache = _Cache()
+
+    def run(trial: Any) -> tuple[Any, float | None]:
+        from optuna.trial import TrialState
+
+        suggest = _SpaceTrial(trial, overrides, fixed)
+        params = {**cls.search_space(suggest), **fixed}
+        spec = RunSpec(model=model, dataset=dataset, protocol=protocol, params=params, seed=seed,
+                       epochs=epochs, plugin=plugin, results=results)
+
+        def on_epoch(epoch: dict[str, Any]) -> None:
+            value = epoch["valid"].get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                trial.report(float(value), epoch["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned(
+                        f"validation {metric} {value:.4g} at epoch {epoch['epoch']} is worse than "
+                        f"the median of earlier trials ({type(pruner).__name__})")
+
+        record = run_trial(spec, on_epoch=on_epoch, cache=cache)
+        record["tuning"] = {"kind": "tune", "study": name, "trial": trial.number,
+                            "storage": handle.display, "metric": metric, "direction": direction}
+        if trial.user_attrs.get("retry_of") is not None:
+            record["tuning"]["retry_of"] = trial.user_attrs["retry_of"]
+        path = _write(record, results)
+        trial.set_user_attr("params", record["params"])
+        trial.set_user_attr("record", str(path))
+        trial.set_user_attr("status", record["status"])
+        if record["status"] == "pruned":
+            return TrialState.PRUNED, None
+        value = _value(record, metric) if record["status"] == "ok" else None
+        if value is None:
+            trial.set_user_attr("reason", record.get("reason") or f"no validation {metric}")
+            return TrialState.FAIL, None
+        return TrialState.COMPLETE, value
+
+    ran = _drive(the_study, handle, trials, make_sampler, run, timeout, log)
+    return summarize(the_study, handle, ran)
+
+
+def _probe_params(cls: type, overrides: dict[str, Override], fixed: dict[str, Any]) -> dict[str, Any]:
+    return {**cls.search_space(_SpaceTrial(_Probe(), overrides, fixed)), **fixed}
+
+
+def _write(record: dict[str, Any], results: str) -> Path:
+    from harness.records import write_record
+
+    return write_record(record, results)
+
+
+def summarize(study: Any, handle: StudyHandle, ran: int = 0) -> dict[str, Any]:
+    """Counts by state and the best trial of a study."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    out: dict[str, Any] = {
+        "study": study.study_name, "storage": handle.display, "ran_here": ran,
+        "counted": sum(_counts(t) for t in trials), "states": {k: v for k, v in states.items() if v},
+        "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),
+    }
+    if complete:
+        best = study.best_trial
+        out["best"] = {"trial": best.number, "value": best.value,
+                       "params": best.user_attrs.get("params", best.params),
+                       "record": best.user_attrs.get("record")}
+    return out
+
+
+def study_model(study: str, results: str = "results", storage: str | None = None) -> str:
+    """The model a ``harness tune`` study tuned (for ``harness run --params-from STUDY``)."""
+    import optuna
+
+    _quiet_optuna()
+    handle = open_storage(storage, results)
+    try:
+        loaded = optuna.load_study(study_name=study, storage=handle.storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(handle.storage)]
+        raise UsageError(f"--params-from {study}: no such study in {handle.display}; studies "
+                         f"there: {', '.join(sorted(names)) or 'none'}") from None
+    config = loaded.user_attrs.get("harness") or {}
+    if config.get("kind") != "tune":
+        raise UsageError(f"--params-from {study}: not a study made by `harness tune`")
+    return str(config["model"])
+
+
+def tuned_params(
+    models: list[str],
+    *,
+    dataset: str,
+    protocol: str,
+    results: str = "results",
+    storage: str | None = None,
+    study: str | None = None,
+    plugins: dict[str, str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The best trial's constructor parameters for each model (``harness run --params best``).
+
+    With ``study`` (``--params-from``), that study's model gets its best parameters. Otherwise
+    each model gets those of its default study ``tune-MODEL-DATASET-PROTOCOL``; a model with an
+    empty search space keeps its defaults.
+    """
+    import optuna
+
+    from harness.runner import resolve_model
+
+    _quiet_optuna()
+    handle = open_storage(storage, results)
+    names = [s.study_name for s in optuna.get_all_study_summaries(handle.storage)]
+    wanted: dict[str, str] = {}
+    if study is not None:
+        if study not in names:
+            raise UsageError(f"--params-from {study}: no such study in {handle.display}; "
+                             f"studies there: {', '.join(sorted(names)) or 'none'}")
+        loaded = optuna.load_study(study_name=study, storage=handle.storage)
+        model = (loaded.user_attrs.get("harness") or {}).get("model")
+        if model not in models:
+            raise UsageError(f"--params-from {study}: that study tuned model {model!r}, which is not "
+                             f"among the models to run ({', '.join(models)}); add --models {model}")
+        wanted[model] = study
+    else:
+        for model in models:
+            name = tune_study_name(model, dataset, protocol)
+            if name in names:
+                wanted[model] = name
+                continue
+            cls = resolve_model(model, (plugins or {}).get(model))
+            if describe_space(cls):
+                raise UsageError(
+                    f"--params best: no study {name!r} in {handle.display} for model {model!r}; run "
+                    f"`harness tune --model {model} --dataset {dataset} --protocol {protocol}` first "
+                    f"(studies there: {', '.join(sorted(names)) or 'none'})")
+    out: dict[str, dict[str, Any]] = {}
+    for model, name in wanted.items():
+        loaded = optuna.load_study(study_name=name, storage=handle.storage)
+        try:
+            best = loaded.best_trial
+        except ValueError:
+            raise UsageError(f"study {name!r} has no complete trial yet; run `harness tune` "
+                             "until one completes") from None
+        out[model] = dict(best.user_attrs.get("params", best.params))
+        if log is not None:
+            log(f"{model}: parameters of trial {best.number} of study {name!r} "
+                f"(validation {best.value:.4g}): {json.dumps(out[model])}")
+    return out
+
+
+def print_summary(summary: dict[str, Any], file: Any = None) -> None:
+    file = file or sys.stdout
+    states = ", ".join(f"{v} {k}" for k, v in summary["states"].items())
+    print(f"study {summary['study']} ({summary['storage']}): {states}", file=file)
+    best = summary.get("best")
+    if best:
+        print(f"best trial {best['trial']}: {best['value']:.6g} with {json.dumps(best['params'])}",
+              file=file)
+
