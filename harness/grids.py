@@ -176,7 +176,9 @@ def run_grid(
     n_points = math.prod(len(v) for v in space.values())
 
     def make_sampler(number: int) -> Any:
-        return _GridSampler(space, seed=number)
+        # One fixed seed: the grid sampler shuffles its points with it, and every worker and
+        # every resumed run must map a grid id to the same point.
+        return _GridSampler(space, seed=0)
 
     handle = open_storage(storage, results)
     the_study = load_or_create(handle, study_name, "maximize", config, make_sampler(0),

@@ -202,14 +202,18 @@ def _interrupt(study: Any, trial: Any, reason: str) -> None:
     ))
 
 
-def _reap_stale(study: Any) -> None:
+def _reap_stale(study: Any, locked: bool = True) -> None:
     """Trials left running by a dead worker of this machine (or by this very process) are
-    interrupted: nobody will finish them."""
+    interrupted: nobody will finish them. Called under the workers' lock, so a running trial
+    not yet tagged with its worker was left by one that died between creating and tagging it."""
     from optuna.trial import TrialState
 
     me = _worker_id()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
+        if not worker and locked:
+            _interrupt(study, trial, "its worker stopped before it started")
+            continue
         if not worker or worker.get("host") != me["host"]:
             continue
         if worker.get("pid") == me["pid"] or not _alive(int(worker.get("pid", -1))):
@@ -235,7 +239,7 @@ def _drive(
     ran = failures = 0
     while timeout is None or time.monotonic() - started < timeout:
         with handle.lock():
-            _reap_stale(study)
+            _reap_stale(study, locked=handle.lock_path is not None)
             trials = study.get_trials(deepcopy=False)
             if sum(_counts(t) for t in trials) >= n_trials:
                 break
