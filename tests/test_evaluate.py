@@ -102,7 +102,7 @@ def test_incompatible_model_fails_before_training():
 def test_session_targets_on_a_hand_made_stream():
     hour = 3600.0
     # user 0: visits at 0h (items 1,1,2), 5h (item 3), 9h (4); user 1: 1h (5), 1.2h (6), 30h (7)
-    rows = [(0, 1, 0.0), (0, 1, 0.1), (1, 5, 1.0), (0, 2, 0.2), (1, 6, 1.2),
+    rows = [(0, 1, 0.0), (0, 1, 0.1), (0, 2, 0.2), (1, 5, 1.0), (1, 6, 1.2),
             (0, 3, 5.0), (0, 4, 9.0), (1, 7, 30.0)]
     user, item, t = (np.array(c) for c in zip(*rows))
     stream = Interactions.from_arrays(user, item, t * hour, n_users=2, n_items=8)

@@ -38,8 +38,9 @@ def random_stream(
     seed: int = 0,
 ) -> Interactions:
     """A small stream that stresses models: many repeats, equal timestamps, bursts of activity
-    separated by long gaps (so it sessionizes), rare state labels, and users and items that first
-    appear in the last part (cold start)."""
+    separated by long gaps (so it sessionizes), rare state labels, users and items that first
+    appear in the last part (cold start), and one user and one item (the last ids) that never
+    occur at all."""
     rng = np.random.default_rng(seed)
     warm_users, warm_items = n_users - 4, n_items - 3
     user = rng.integers(0, warm_users, n_events)
@@ -51,8 +52,8 @@ def random_stream(
             item[j] = item[previous[-1]]
     tail = np.arange(int(0.85 * n_events), n_events)
     cold = rng.random(tail.size) < 0.2
-    user[tail[cold]] = rng.integers(warm_users, n_users, cold.sum())
-    item[tail[cold]] = rng.integers(warm_items, n_items, cold.sum())
+    user[tail[cold]] = rng.integers(warm_users, n_users - 1, cold.sum())
+    item[tail[cold]] = rng.integers(warm_items, n_items - 1, cold.sum())
     gaps = np.where(rng.random(n_events) < 0.05, rng.exponential(6 * 3600.0, n_events),
                     np.floor(rng.exponential(60.0, n_events)))
     gaps[rng.random(n_events) < 0.1] = 0.0  # equal timestamps
@@ -239,20 +240,29 @@ def check_pickle_round_trip(model: Model) -> None:
 
 
 def check_finite_for_unseen(model: Model) -> None:
-    """Users and items that never occur in training get finite predictions."""
+    """Users and items absent from training get finite predictions: those that first appear
+    during evaluation, and a user and an item that never occur at all."""
     data, protocol = _data(model)
     fitted = _fitted(model, data)
-    unseen_users = set(range(data.events.n_users)) - set(data.train.user.tolist())
-    if not unseen_users:
-        raise AssertionError("the conformance stream should contain users unseen in training")
     out = replay(fitted, data, protocol, 1)
-    if "rank" in type(model).capabilities:
-        scores = np.asarray(_fitted(model, data).score(data.events[-1:]))
-        if not np.isfinite(scores).all():
-            raise AssertionError("score() returned non-finite values")
     for key in ("state", "gap"):
         if out[key].size and not np.isfinite(out[key]).all():
             raise AssertionError(f"{key} predictions contain non-finite values")
+    events = data.events
+    never = replace(events[-1:], user=np.array([events.n_users - 1], np.int32),
+                    item=np.array([events.n_items - 1], np.int32))
+    if events.n_users - 1 in set(data.train.user.tolist()) | set(events.user.tolist()):
+        raise AssertionError("the conformance stream must keep its last user id unused")
+    caps = type(model).capabilities
+    if "rank" in caps and not np.isfinite(np.asarray(fitted.score(never))).all():
+        raise AssertionError("score() is not finite for a user and an item never seen")
+    fitted.observe(never)
+    if "state" in caps and not np.isfinite(np.asarray(fitted.predict_state(never))).all():
+        raise AssertionError("predict_state() is not finite for a user never seen")
+    if "return_time" in caps:
+        gap = np.asarray(fitted.predict_return_time(never.user, never.t))
+        if not np.isfinite(gap).all():
+            raise AssertionError("predict_return_time() is not finite for a user never seen")
 
 
 CHECKS: dict[str, Callable[[Model], None]] = {
