@@ -1,0 +1,118 @@
+"""``harness datasets list|info|download|import``: added to the main parser by
+:func:`add_commands`. Each handler takes the parsed arguments and returns an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_commands", "cmd_download", "cmd_import", "cmd_info", "cmd_list"]
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add the ``datasets`` command to an ``argparse`` sub-parsers object.
+
+    Every leaf parser gets ``handler`` (a function of the parsed args returning an exit code).
+    """
+    p = subparsers.add_parser("datasets", help="list, inspect, download and import datasets")
+    sub = p.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
+
+    q = sub.add_parser("list", help="registered datasets and whether they are available here")
+    q.set_defaults(handler=cmd_list)
+
+    q = sub.add_parser("info", help="a dataset's source, licence, citation and Table 5 statistics")
+    q.add_argument("name", help="dataset name or path of a data file")
+    q.add_argument("--no-stats", action="store_true", help="do not load the data for statistics")
+    q.set_defaults(handler=cmd_info)
+
+    q = sub.add_parser("download", help="download a dataset into the data directory")
+    q.add_argument("name")
+    q.add_argument("--force", action="store_true", help="download again even if present")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(handler=cmd_download)
+
+    q = sub.add_parser("import", help="register a local copy of a data file under a name")
+    q.add_argument("path")
+    q.add_argument("--name", required=True, help="a manifest name (e.g. wikipedia) or a new name")
+    q.add_argument("--format", choices=["jodie", "lastfm-1k", "reddit-subreddits"],
+                   help="file format (default: the manifest's, else detected)")
+    q.set_defaults(handler=cmd_import)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from harness.data._common import data_home
+    from harness.data.datasets import local_source, manifest_names, manifests
+    from harness.registry import default_registry
+
+    rows = []
+    for entry in default_registry("datasets").entries():
+        rows.append([entry.name, "generated", "available", "", entry.target])
+    known = manifests()
+    for name in manifest_names():
+        m = known.get(name)
+        status = "downloaded" if local_source(name) else (
+            "manual download" if m and m.manual_download else "not downloaded")
+        rows.append([name, m.format if m else "imported", status, m.size if m else "",
+                     m.title if m else "imported file"])
+    print(tabulate(rows, headers=["name", "kind", "status", "size", "description"]))
+    print(f"\ndata directory: {data_home()}  (set HARNESS_DATA to move it)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from harness.data.datasets import dataset_stats, local_source, manifests, open_dataset
+
+    manifest = manifests().get(args.name)
+    if manifest is not None:
+        print(f"{manifest.name}: {manifest.title}")
+        if manifest.description:
+            print(f"  {manifest.description}")
+        print(f"  source:   {manifest.url}")
+        if manifest.homepage and manifest.homepage != manifest.url:
+            print(f"  homepage: {manifest.homepage}")
+        print(f"  format:   {manifest.format}   size: {manifest.size}   "
+              f"session gap: {manifest.session_gap:g} s")
+        print(f"  sha256:   {manifest.sha256 or '(recorded on first download)'}")
+        print(f"  licence:  {manifest.licence}")
+        print("  citation:")
+        for line in manifest.citation.strip().splitlines():
+            print(f"    {line}")
+    if args.no_stats:
+        return 0
+    if manifest is not None and local_source(args.name) is None:
+        published = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                              for k, v in manifest.published.items())
+        print(f"  published: {published}")
+        print(f"  not downloaded: run `harness datasets download {args.name}` for measured "
+              "statistics")
+        return 0
+    dataset = open_dataset(args.name)
+    stats = dataset_stats(dataset.load())
+    from tabulate import tabulate
+
+    row = [stats["users"], stats["items"], stats["events"], stats["state_changes"],
+           f"{stats['repeat_fraction']:.1%}", stats["features"]]
+    print(tabulate([[dataset.name, *row]], headers=["dataset", "users", "items", "events",
+                                                    "state changes", "repeat", "features"]))
+    print(f"sha256: {dataset.sha256()}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from harness.data.datasets import download_dataset
+
+    path = download_dataset(args.name, progress=not args.quiet and sys.stderr.isatty(),
+                            force=args.force)
+    print(f"{args.name}: {path}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from harness.data.datasets import import_dataset
+
+    path = import_dataset(args.path, args.name, format=args.format)
+    print(f"{args.name}: imported {args.path} as {path}")
+    return 0
