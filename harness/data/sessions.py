@@ -16,6 +16,8 @@ Ruocco et al. 2017):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from harness.errors import UsageError
@@ -39,10 +41,7 @@ def sessionize(stream: Interactions, gap: float, max_length: int = 20, *,
     n = len(stream)
     if n == 0:
         empty = np.zeros(0, np.int64)
-        return Interactions.from_arrays(
-            stream.user, stream.item, stream.t, stream.label, stream.features,
-            n_users=stream.n_users, n_items=stream.n_items, session=empty, visit=empty,
-            name=stream.name)
+        return replace(stream, session=empty, visit=empty)
     order = np.argsort(stream.user, kind="stable")  # per user, time order kept
     user, item, t = stream.user[order], stream.item[order], stream.t[order]
     new_visit = np.ones(n, bool)
@@ -66,11 +65,12 @@ def sessionize(stream: Interactions, gap: float, max_length: int = 20, *,
     original = order[kept]
     back = np.argsort(original, kind="stable")  # to time order
     index = original[back]
-    return Interactions.from_arrays(
-        stream.user[index], stream.item[index], stream.t[index], stream.label[index],
-        stream.features[index], n_users=stream.n_users, n_items=stream.n_items,
-        session=_by_first_event(k_session[back]), visit=_by_first_event(k_visit[back]),
-        name=stream.name)
+    # The parts are views of a valid stream, so the dataclass is built without re-validation.
+    return Interactions(
+        user=stream.user[index], item=stream.item[index], t=stream.t[index],
+        label=stream.label[index], features=stream.features[index], n_users=stream.n_users,
+        n_items=stream.n_items, session=_by_first_event(k_session[back]),
+        visit=_by_first_event(k_visit[back]), name=stream.name)
 
 
 def _by_first_event(ids: np.ndarray) -> np.ndarray:

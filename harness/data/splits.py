@@ -41,7 +41,8 @@ def index_split(n_events: int, train: float = 0.8, valid: float = 0.1,
                          f"valid={valid}, test={test} (sum {total:g})")
     train_end = int(n_events * train)
     valid_end = int(n_events * (train + valid))
-    test_end = n_events if test is None else min(int(n_events * (train + valid + test)), n_events)
+    # train + (valid + test): the JODIE code computes `train_proportion + 0.2`, and float sums differ
+    test_end = n_events if test is None else min(int(n_events * (train + (valid + test))), n_events)
     codes = np.full(n_events, UNUSED, np.int8)
     codes[:train_end] = TRAIN
     codes[train_end:valid_end] = VALID

@@ -80,7 +80,7 @@ class SyntheticConfig:
             (self.n_items >= 1, "n_items >= 1"),
             (self.n_events >= self.n_users, "n_events >= n_users (every user has an event)"),
             (self.n_features >= 0, "n_features >= 0"),
-            (1 <= self.n_topics <= self.n_items, "1 <= n_topics <= n_items"),
+            (self.n_topics >= 1, "n_topics >= 1 (capped at n_items)"),
             (0 <= self.label_rate < 1, "0 <= label_rate < 1"),
             (0 <= self.repeat_prob and 0 <= self.history_prob
              and self.repeat_prob + self.history_prob <= 1,
@@ -141,7 +141,7 @@ def generate(config: SyntheticConfig, seed: int = 0, name: str = "synthetic") ->
     config.validate()
     c = config
     rng = np.random.default_rng([GENERATOR_VERSION, seed])
-    n_items, n_users, n_topics = c.n_items, c.n_users, c.n_topics
+    n_items, n_users, n_topics = c.n_items, c.n_users, min(c.n_topics, c.n_items)
 
     # Items: Zipf popularity under a random permutation; topics cover every topic.
     popularity = 1.0 / np.arange(1, n_items + 1) ** c.popularity_exponent
