@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+
 from harness.api import Model
 from harness.errors import UsageError
 from harness.interactions import Interactions

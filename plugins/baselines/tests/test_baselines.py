@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness_baselines import Frequency, Popularity, Recency
+
 from harness.errors import HarnessError
 from harness.interactions import Interactions
-from harness_baselines import Frequency, Popularity, Recency
 
 WIKIPEDIA = Path("/work/shared/data/wikipedia.csv")
 

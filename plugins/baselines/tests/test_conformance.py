@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from harness.testing import ModelConformance
 from harness_baselines import Frequency, Popularity, Recency
+
+from harness.testing import ModelConformance
 
 pytest.importorskip("harness.data.splits", reason="the evaluator's data splits are not there yet")
 

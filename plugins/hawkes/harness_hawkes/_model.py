@@ -13,10 +13,10 @@ from itertools import repeat
 from typing import Any, ClassVar
 
 import numpy as np
+
 from harness.api import Model
 from harness.errors import UsageError, did_you_mean
 from harness.interactions import Interactions
-
 from harness_hawkes._process import expected_gap, fit_users
 
 __all__ = ["Hawkes"]
@@ -188,9 +188,9 @@ class Hawkes(Model):
     def observe(self, block: Interactions) -> None:
         """Record the start of every new visit in the block."""
         self._check_fitted("observe")
-        _require_visits(block, "observe")
+        visits = _require_visits(block, "observe")
         last_visit, starts = self.last_visit_, self.starts_
-        for user, visit, t in zip(block.user.tolist(), block.visit.tolist(), block.t.tolist(),
+        for user, visit, t in zip(block.user.tolist(), visits.tolist(), block.t.tolist(),
                                   strict=True):
             if last_visit.get(user) != visit:
                 last_visit[user] = visit
@@ -217,7 +217,11 @@ class Hawkes(Model):
             mu, alpha, beta = params
             starts = self.starts_[u]
             stop = bisect.bisect_right(starts, tq)
-            past = np.asarray(starts[max(0, stop - window) if window else 0 : stop])
+            # Visits older than 40 kernel lifetimes add less than exp(-40): skip them.
+            lo = bisect.bisect_left(starts, tq - 40.0 * self.time_unit_ / beta)
+            if window:
+                lo = max(lo, stop - window)
+            past = np.asarray(starts[lo:stop])
             rows.append(k)
             mus.append(mu)
             alphas.append(alpha)
@@ -235,12 +239,14 @@ class Hawkes(Model):
             raise UsageError(f"Hawkes is not fitted; call fit(train) before {what}()")
 
 
-def _require_visits(stream: Interactions, what: str) -> None:
+def _require_visits(stream: Interactions, what: str) -> np.ndarray:
+    """The stream's visit ids, or a clear error when it is not sessionized."""
     if stream.visit is None:
         raise UsageError(
             f"hawkes {what}() needs a sessionized stream (visit ids), but {stream.name!r} has "
             "none; run it under the sessions protocol (--protocol sessions)"
         )
+    return stream.visit
 
 
 def _visits_by_user(stream: Interactions) -> tuple[dict[int, list[float]],
@@ -250,7 +256,7 @@ def _visits_by_user(stream: Interactions) -> tuple[dict[int, list[float]],
     if n == 0:
         return {}, {}, {}
     order = np.lexsort((np.arange(n), stream.user))
-    user, visit, t = stream.user[order], stream.visit[order], stream.t[order]
+    user, visit, t = stream.user[order], _require_visits(stream, "fit")[order], stream.t[order]
     first = np.r_[True, (user[1:] != user[:-1]) | (visit[1:] != visit[:-1])]
     begin = np.flatnonzero(first)
     end = np.r_[begin[1:] - 1, n - 1]

@@ -93,22 +93,29 @@ def fit_users(tasks: Sequence[tuple[int, np.ndarray]], decays: Sequence[float],
 
     ``times`` start at 0 and are sorted. With several ``decays`` each is fitted and the one of
     highest log-likelihood kept. Returns ``(user, mu, alpha, beta)``, with NaNs where every fit
-    failed or was degenerate (baseline <= MIN_BASELINE, or all events at one instant). Runs in worker processes: keep it a
-    module-level function of plain arguments.
+    failed or was degenerate (baseline <= MIN_BASELINE, or all events at one instant). Runs in
+    worker processes: keep it a module-level function of plain arguments.
     """
     from tick.hawkes import HawkesExpKern
 
+    def new_learner(beta: float) -> HawkesExpKern:
+        return HawkesExpKern(decays=float(beta), gofit="least-squares")
+
+    # One learner per decay, refitted user after user: building a tick learner costs about as
+    # much as a fit, and a refit gives the same coefficients as a fresh learner.
+    learners = {beta: new_learner(beta) for beta in decays}
     out = []
     for user, times in tasks:
         best: tuple[float, float, float, float] | None = None
         # All visits at one instant leave the least-squares problem without a time scale.
         for beta in decays if len(times) and times[-1] > times[0] else ():
             try:
-                learner = HawkesExpKern(decays=float(beta), gofit="least-squares")
+                learner = learners[beta]
                 learner.fit([np.ascontiguousarray(times, dtype=np.float64)])
                 mu = float(learner.baseline[0])
                 alpha = float(learner.adjacency[0, 0])
             except Exception:  # tick raises assorted errors on degenerate data: a failed fit
+                learners[beta] = new_learner(beta)
                 continue
             if not (math.isfinite(mu) and math.isfinite(alpha)) or mu <= MIN_BASELINE:
                 continue

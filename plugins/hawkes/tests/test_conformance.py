@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from harness.testing import ModelConformance
 from harness_hawkes import Hawkes
+
+from harness.testing import ModelConformance
 
 pytest.importorskip("harness.data.sessions", reason="the evaluator's sessionizer is not there yet")
 

@@ -6,12 +6,13 @@ import pickle
 
 import numpy as np
 import pytest
-from harness.errors import HarnessError, UsageError
-from harness.interactions import Interactions
 from harness_hawkes import Hawkes, expected_gap, log_likelihood
 from harness_hawkes import _model as model_module
 from harness_hawkes._process import fit_users
 from scipy.integrate import quad
+
+from harness.errors import HarnessError, UsageError
+from harness.interactions import Interactions
 
 HOUR = 3600.0
 
@@ -86,9 +87,10 @@ def test_expected_gap_matches_quadrature() -> None:
     cutoff = 50.0
     got = expected_gap(mu, alpha, beta, excitation, cutoff)
     for k in range(len(mu)):
-        def survival(u: float) -> float:
-            return math.exp(-(mu[k] * u + alpha[k] * excitation[k] * (1 - math.exp(-beta[k] * u))))
-        assert got[k] == pytest.approx(quad(survival, 0, cutoff, limit=200)[0], rel=1e-5)
+        m, a, b, e = mu[k], alpha[k], beta[k], excitation[k]
+        reference = quad(lambda u: math.exp(-(m * u + a * e * (1 - math.exp(-b * u)))),  # noqa: B023
+                         0, cutoff, limit=200)[0]
+        assert got[k] == pytest.approx(reference, rel=1e-8)
 
 
 def test_expected_gap_matches_monte_carlo_of_the_next_event() -> None:
