@@ -577,8 +577,7 @@ def tune(
     metric, direction = objective_metric(cls, protocol.get("name", "streaming"), metric)
     name = study or tune_study_name(model, dataset, protocol.get("name", "streaming"))
     config = {"kind": "tune", "model": model, "plugin": plugin, "dataset": dataset,
-              "protocol": protocol, "epochs": epochs, "seed": seed, "metric": metric,
-              "space": sorted(str(o) for o in overrides.values()), "fixed": fixed}
+              "protocol": protocol, "epochs": epochs, "seed": seed, "metric": metric}
     handle = open_storage(storage, results)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0)
               if prune else optuna.pruners.NopPruner())
@@ -593,6 +592,9 @@ def tune(
     def run(trial: Any) -> tuple[Any, float | None]:
         from optuna.trial import TrialState
 
+        if overrides or fixed:  # a resumed study may narrow its space; each trial keeps its own
+            trial.set_user_attr("space", sorted(str(o) for o in overrides.values()))
+            trial.set_user_attr("fixed", fixed)
         suggest = _SpaceTrial(trial, overrides, fixed)
         params = {**cls.search_space(suggest), **fixed}
         spec = RunSpec(model=model, dataset=dataset, protocol=protocol, params=params, seed=seed,

@@ -224,8 +224,8 @@ def test_tune_errors_are_one_line(tmp_path, capsys):
     assert main(_tune_args(tmp_path, 2, "--space", "quality=1:0")) == 2
     assert "`low <= high` must hold" in capsys.readouterr().err
     assert main(_tune_args(tmp_path, 1)) == 0
-    assert main(_tune_args(tmp_path, 2, "--space", "quality=0.5:1")) == 2
-    assert "was made by another command (space:" in capsys.readouterr().err
+    assert main(_tune_args(tmp_path, 2, "--seed", "1")) == 2
+    assert "was made by another command (seed: study has 0, this command 1)" in capsys.readouterr().err
     assert main(["run", "--models", "tilted", "--plugin", PLUGIN, "--params-from", "nope",
                  "--results", str(tmp_path), "--quiet"]) == 2
     assert f"no such study in {tmp_path}" in capsys.readouterr().err
