@@ -1,0 +1,255 @@
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from harness_jodie import JODIE, plan_windows, time_deltas
+from harness_jodie._tbatch import window_bounds
+
+from harness.errors import UsageError
+from harness.interactions import Interactions
+from harness.testing import ModelConformance
+from harness.testing._checks import random_stream
+
+
+class TestJODIEConformance(ModelConformance):
+    @pytest.fixture
+    def model(self):
+        return JODIE(embedding_size=8, windows=20)
+
+
+class TestJODIECodesConformance(ModelConformance):
+    @pytest.fixture
+    def model(self):
+        return JODIE(embedding_size=8, windows=20, static_size=6)
+
+
+def _blocks(stream: Interactions, max_block: int):
+    users: set[int] = set()
+    items: set[int] = set()
+    start = 0
+    for j, (u, i) in enumerate(zip(stream.user.tolist(), stream.item.tolist())):
+        if u in users or i in items or j - start >= max_block:
+            yield stream[start:j]
+            users.clear()
+            items.clear()
+            start = j
+        users.add(u)
+        items.add(i)
+    yield stream[start:]
+
+
+def _replay(model: JODIE, stream: Interactions, max_block: int):
+    scores, states = [], []
+    for block in _blocks(stream, max_block):
+        scores.append(model.score(block))
+        model.observe(block)
+        states.append(model.predict_state(block))
+    return np.concatenate(scores), np.concatenate(states)
+
+
+def _fitted(stream: Interactions, epochs: int = 2, seed: int = 0, **params) -> JODIE:
+    model = JODIE(**{"embedding_size": 8, "windows": 15, **params})
+    model.fit(stream, seed=seed)
+    for _ in range(epochs):
+        model.train_epoch()
+    return model
+
+
+@pytest.mark.parametrize("params", [{}, {"static_size": 5}, {"online_updates": True}])
+def test_block_scores_are_bitwise_one_at_a_time(params):
+    stream = random_stream(n_events=900, seed=3)
+    train, rest = stream[:500], stream[500:]
+    model = _fitted(train, **params)
+    blocked = _replay(copy.deepcopy(model), rest, 1024)
+    single = _replay(copy.deepcopy(model), rest, 1)
+    assert max(len(b) for b in _blocks(rest, 1024)) > 3
+    np.testing.assert_array_equal(blocked[0], single[0])
+    np.testing.assert_array_equal(blocked[1], single[1])
+
+
+def _reference_epochs(model: JODIE, train: Interactions, epochs: int) -> list[float]:
+    """The authors' training loop written plainly: dense one-hot matrices and a full prediction
+    layer, embedding tables updated t-batch by t-batch inside each window, one Adam step per
+    window. Parameters start as copies of ``model``'s."""
+    net, d = model._net, model.embedding_size
+    nu, ni = train.n_users, train.n_items
+    p = {k: v.detach().clone() for k, v in net.named_parameters()}
+    params = {
+        "init_user": p["init_user"], "init_item": p["init_item"], "proj_w": p["proj_w"],
+        "proj_b": p["proj_b"], "pred_b": p["pred_b"],
+        "w_full": torch.cat([p["pred_user"], p["pred_item"], p["static_item"].t(),
+                             p["static_user"].t()], 1),
+        **{k: p[k] for k in p if k.startswith(("user_", "item_", "head"))},
+    }
+    params = {k: torch.nn.Parameter(v) for k, v in params.items()}
+    opt = torch.optim.Adam(params.values(), lr=model.learning_rate, weight_decay=model.weight_decay)
+    user, item, t = train.user.astype(np.int64), train.item.astype(np.int64), train.t
+    dt_u, dt_i, prev = time_deltas(user, item, t, ni)
+    dts = np.stack([model._standardize(dt_u, 0), model._standardize(dt_i, 1)], 1)
+    dts = torch.tensor(dts, dtype=torch.float32)
+    feats = torch.tensor(train.features)
+    labels = torch.tensor(train.label.astype(np.int64))
+    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, len(train) / (1.0 + train.label.sum())], dtype=torch.float32))
+    eye_u, eye_i = torch.eye(nu), torch.eye(ni + 1)
+
+    def cell(prefix, x, h):
+        q = params
+        return F.normalize(torch.tanh(x @ q[prefix + "w_ih"].t() + q[prefix + "b_ih"]
+                                      + h @ q[prefix + "w_hh"].t() + q[prefix + "b_hh"]), dim=1)
+
+    totals = []
+    for _ in range(epochs):
+        U = params["init_user"].repeat(nu, 1)
+        I_ = params["init_item"].repeat(ni + 1, 1)
+        total = 0.0
+        for a, b in window_bounds(t, model.windows):
+            batches: list[list[int]] = []
+            last_u: dict[int, int] = {}
+            last_i: dict[int, int] = {}
+            for j in range(a, b):
+                k = max(last_u.get(user[j], -1), last_i.get(item[j], -1)) + 1
+                last_u[user[j]] = last_i[item[j]] = k
+                if k == len(batches):
+                    batches.append([])
+                batches[k].append(j)
+            loss = torch.zeros(())
+            for batch in batches:
+                ix = torch.tensor(batch)
+                us, its, pv = torch.tensor(user[batch]), torch.tensor(item[batch]), torch.tensor(prev[batch])
+                u_in, i_in, p_in = U[us], I_[its], I_[pv]
+                proj = u_in * (1 + dts[ix, :1] @ params["proj_w"][None] + params["proj_b"])
+                x = torch.cat([proj, p_in, eye_i[pv], eye_u[us]], 1)
+                pred = x @ params["w_full"].t() + params["pred_b"]
+                loss = loss + F.mse_loss(pred, torch.cat([i_in, eye_i[its]], 1).detach())
+                u_out = cell("user_", torch.cat([i_in, dts[ix, :1], feats[ix]], 1), u_in)
+                i_out = cell("item_", torch.cat([u_in, dts[ix, 1:], feats[ix]], 1), i_in)
+                U = U.index_put((us,), u_out)
+                I_ = I_.index_put((its,), i_out)
+                loss = loss + F.mse_loss(i_out, i_in.detach()) + F.mse_loss(u_out, u_in.detach())
+                h = F.relu(u_out @ params["head1_w"].t() + params["head1_b"])
+                loss = loss + ce(h @ params["head2_w"].t() + params["head2_b"], labels[ix])
+            total += float(loss.detach())
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            U, I_ = U.detach(), I_.detach()
+        totals.append(total)
+    return totals
+
+
+def test_training_matches_plain_reference_loop():
+    stream = random_stream(n_users=12, n_items=9, n_events=300, n_features=2, seed=5)
+    model = JODIE(embedding_size=6, windows=12, lazy_static=False)
+    model.fit(stream, seed=1)
+    expected = _reference_epochs(copy.deepcopy(model), stream, epochs=3)
+    got = [model.train_epoch()["loss"] for _ in range(3)]
+    np.testing.assert_allclose(got, expected, rtol=2e-4)
+    assert got[2] < got[0]
+
+
+def test_tbatches_are_independent_and_ordered():
+    stream = random_stream(n_events=600, seed=2)
+    user, item = stream.user.astype(np.int64), stream.item.astype(np.int64)
+    _, _, prev = time_deltas(user, item, stream.t, stream.n_items)
+    plans = plan_windows(user, item, stream.t, prev, 7)
+    covered = np.concatenate([p.order for p in plans])
+    np.testing.assert_array_equal(np.sort(covered), np.arange(len(stream)))  # final window kept
+    for p in plans:
+        for k in range(len(p.bounds) - 1):
+            ev = p.order[p.bounds[k]:p.bounds[k + 1]]
+            assert len(set(user[ev])) == len(ev) and len(set(item[ev])) == len(ev)
+        rank = np.empty(len(stream), np.int64)
+        rank[p.order] = p.tbatch
+        for key in (user, item):  # a node's events run in increasing t-batches
+            ev = np.sort(p.order)
+            for node in np.unique(key[ev]):
+                assert np.all(np.diff(rank[ev[key[ev] == node]]) > 0)
+
+
+def test_time_deltas_and_previous_item():
+    user = np.array([0, 1, 0, 0])
+    item = np.array([2, 2, 1, 2])
+    t = np.array([1.0, 3.0, 4.0, 10.0])
+    du, di, prev = time_deltas(user, item, t, 3)
+    np.testing.assert_array_equal(du, [0, 0, 3, 6])
+    np.testing.assert_array_equal(di, [0, 2, 0, 7])
+    np.testing.assert_array_equal(prev, [3, 3, 2, 1])
+
+
+def test_seed_determinism_and_pickle():
+    stream = random_stream(n_events=500, seed=4)
+    a, b = _fitted(stream, seed=7), _fitted(stream, seed=7)
+    c = _fitted(stream, seed=8)
+    block = stream[-1:]
+    np.testing.assert_array_equal(a.score(block), b.score(block))
+    assert not np.array_equal(a.score(block), c.score(block))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(a)).score(block), a.score(block))
+
+
+@pytest.mark.parametrize("n_features", [0, 3])
+def test_with_and_without_features(n_features):
+    stream = random_stream(n_events=400, n_features=n_features, seed=6)
+    model = _fitted(stream[:300])
+    scores, states = _replay(model, stream[300:], 1024)
+    assert scores.shape == (100, stream.n_items) and np.isfinite(scores).all()
+    assert ((states >= 0) & (states <= 1)).all()
+    with pytest.raises(UsageError, match="features"):
+        model.score(random_stream(n_events=50, n_features=n_features + 1)[:1])
+
+
+def _mrr(scores: np.ndarray, items: np.ndarray) -> float:
+    true = scores[np.arange(len(items)), items]
+    rank = (scores > true[:, None]).sum(1) + 0.5 * ((scores == true[:, None]).sum(1) - 1) + 1
+    return float(np.mean(1 / rank))
+
+
+def test_beats_popularity_on_a_learnable_stream():
+    rng = np.random.default_rng(0)
+    n, n_users, n_items = 3000, 30, 20
+    user = rng.integers(0, n_users, n)
+    favourite = rng.integers(0, n_items, n_users)
+    item = np.where(rng.random(n) < 0.8, favourite[user], rng.integers(0, n_items, n))
+    t = np.cumsum(rng.exponential(10.0, n))
+    stream = Interactions.from_arrays(user, item, t, n_users=n_users, n_items=n_items)
+    train, test = stream[:2400], stream[2400:]
+    model = JODIE(embedding_size=16, windows=60, learning_rate=1e-2)
+    model.fit(train, seed=0)
+    losses = [model.train_epoch()["prediction"] for _ in range(4)]
+    assert losses[-1] < losses[0]
+    scores, _ = _replay(model, test, 1024)
+    counts = np.bincount(train.item, minlength=n_items).astype(float)
+    popularity = np.empty((len(test), n_items))
+    for j in range(len(test)):  # popularity by count, updated as events happen
+        popularity[j] = counts
+        counts[test.item[j]] += 1
+    assert _mrr(scores, test.item) > _mrr(popularity, test.item) + 0.2
+
+
+def test_online_updates_change_parameters_frozen_do_not():
+    stream = random_stream(n_events=600, seed=8)
+    for online in (False, True):
+        model = _fitted(stream[:400], online_updates=online)
+        before = [p.detach().clone() for p in model._net.parameters()]
+        _replay(model, stream[400:], 1024)
+        changed = any(not torch.equal(a, b) for a, b in zip(before, model._net.parameters()))
+        assert changed == online
+
+
+def test_one_hot_too_large_asks_for_codes():
+    stream = Interactions.from_arrays([0, 1], [0, 1], [0.0, 1.0], n_users=52_501, n_items=32_237)
+    with pytest.raises(UsageError, match="static_size=128"):
+        JODIE().fit(stream)
+    model = JODIE(embedding_size=8, static_size=16)
+    model.fit(stream)
+    model.train_epoch()
+    assert model.score(stream[:1]).shape == (1, 32_237)
+
+
+def test_bad_parameters_are_reported():
+    with pytest.raises(UsageError, match="windows"):
+        JODIE(windows=0).fit(random_stream(n_events=50))
