@@ -76,7 +76,7 @@ def _reference_epochs(model: JODIE, train: Interactions, epochs: int) -> list[fl
     """The authors' training loop written plainly: dense one-hot matrices and a full prediction
     layer, embedding tables updated t-batch by t-batch inside each window, one Adam step per
     window. Parameters start as copies of ``model``'s."""
-    net, d = model._net, model.embedding_size
+    net = model._net
     nu, ni = train.n_users, train.n_items
     p = {k: v.detach().clone() for k, v in net.named_parameters()}
     params = {
@@ -94,7 +94,8 @@ def _reference_epochs(model: JODIE, train: Interactions, epochs: int) -> list[fl
     dts = torch.tensor(dts, dtype=torch.float32)
     feats = torch.tensor(train.features)
     labels = torch.tensor(train.label.astype(np.int64))
-    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor([1.0, len(train) / (1.0 + train.label.sum())], dtype=torch.float32))
+    class_weight = [1.0, len(train) / (1.0 + train.label.sum())]
+    ce = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_weight, dtype=torch.float32))
     eye_u, eye_i = torch.eye(nu), torch.eye(ni + 1)
 
     def cell(prefix, x, h):
@@ -120,7 +121,8 @@ def _reference_epochs(model: JODIE, train: Interactions, epochs: int) -> list[fl
             loss = torch.zeros(())
             for batch in batches:
                 ix = torch.tensor(batch)
-                us, its, pv = torch.tensor(user[batch]), torch.tensor(item[batch]), torch.tensor(prev[batch])
+                us, its = torch.tensor(user[batch]), torch.tensor(item[batch])
+                pv = torch.tensor(prev[batch])
                 u_in, i_in, p_in = U[us], I_[its], I_[pv]
                 proj = u_in * (1 + dts[ix, :1] @ params["proj_w"][None] + params["proj_b"])
                 x = torch.cat([proj, p_in, eye_i[pv], eye_u[us]], 1)
