@@ -166,7 +166,8 @@ def test_malformed_files_give_one_line_errors_naming_file_and_line(case, tmp_pat
     error = str(info.value)
     assert "\n" not in error and message in error, error
     assert error.startswith(f"{path}:{line}:" if line else f"{path}:")
-    assert not (data_home / "cache").exists() or not any((data_home / "cache").iterdir())
+    leftovers = [p for p in data_home.rglob("*") if p.is_file()] if data_home.exists() else []
+    assert leftovers == []
 
 
 def test_malformed_file_in_a_parallel_parse_names_the_right_line(tmp_path, monkeypatch):

@@ -199,17 +199,23 @@ class FileDataset(Dataset):
 
     def sha256(self) -> str:
         """SHA-256 of the source file (remembered while the file is unchanged)."""
+        return self._digest(remember=True)
+
+    def _digest(self, *, remember: bool) -> str:
         if self._sha256 is None:
             if not self.path.is_file():
                 from harness.data.jodie import read_source
 
                 read_source(self.path)  # raises the one-line error
-            self._sha256 = file_sha256(self.path)
+            self._sha256 = file_sha256(self.path, remember=remember)
         return self._sha256
 
     def load(self) -> Interactions:
-        """The parsed stream, from the cache when this exact file was parsed before."""
-        digest = self.sha256()
+        """The parsed stream, from the cache when this exact file was parsed before.
+
+        Nothing is written to the data directory unless the file parses.
+        """
+        digest = self._digest(remember=False)
         cached = load_cached(digest, self.format, self.name)
         if cached is not None:
             return cached
@@ -219,6 +225,8 @@ class FileDataset(Dataset):
 
             stream = replace(stream, name=self.name)
         store_cached(digest, self.format, stream)
+        if self.path.is_file():
+            remember_sha256(self.path, digest)
         return stream
 
     def __repr__(self) -> str:

@@ -270,6 +270,17 @@ def write_jodie_csv(stream: Interactions, path: str | Path, *, decimals: int = 4
         len(stream) == 0 or float(np.abs(stream.t).max()) < 2**53)
     scale = 10**decimals
     tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _write_rows(stream, tmp, header, integral, scale, decimals)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_rows(stream: Interactions, tmp: Path, header: str, integral: bool, scale: int,
+                decimals: int) -> None:
+    n, nfeat = len(stream), stream.n_features
     with open(tmp, "wb") as fh:
         fh.write(header.encode() + b"\n")
         rows = max(1, (1 << 23) // (8 * (nfeat + 4)))
@@ -298,7 +309,6 @@ def write_jodie_csv(stream: Interactions, path: str | Path, *, decimals: int = 4
             cols.append(_column(m, 10))
             block = np.concatenate(cols, axis=1)
             fh.write(block[block != 0].tobytes())
-    os.replace(tmp, path)
 
 
 if sys.platform == "win32":  # pragma: no cover - no fork there
