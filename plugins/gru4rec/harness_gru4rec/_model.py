@@ -325,44 +325,33 @@ class GRU4Rec(Model):
         """Forward one step for every slot, take one optimizer step; return the summed loss
         and the new (detached) hidden state."""
         params, mode, batch = self._params, self._input_mode(), len(inputs)
+        samples = None
+        columns = targets
         if self.n_sample > 0 and self._sample_cdf[-1] > 0:
-            u = self._rng.random(self.n_sample) * self._sample_cdf[-1]
+            # Sorted keys make the search faster; the order of the shared negatives is irrelevant.
+            u = np.sort(self._rng.random(self.n_sample)) * self._sample_cdf[-1]
             samples = np.minimum(np.searchsorted(self._sample_cdf, u, side="right"),
                                  self._n_items - 1)
             columns = np.concatenate([targets, samples])
-        else:
-            samples = None
-            columns = targets
-        leaves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Autograd sees gathered copies of the item rows a step uses (leaves); their gradients
+        # are summed per distinct row afterwards, so no backward pass touches a whole table.
+        in_t, col_t = torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(columns)
+        wy = params["Wy"][col_t].requires_grad_()
+        by = params["By"][col_t].requires_grad_()
+        uses: dict[str, list[tuple[np.ndarray, torch.Tensor]]] = {
+            "Wy": [(columns, wy)], "By": [(columns, by)]}
         dense = [name for name in params if name not in self._sparse]
         for name in dense:
             params[name].requires_grad_(True)
-        if mode == "constrained":
-            rows, inverse = np.unique(np.concatenate([inputs, columns]), return_inverse=True)
-            in_index, column_index = inverse[:batch], inverse[batch:]
-        else:
-            rows, column_index = np.unique(columns, return_inverse=True)
-            in_rows, in_index = np.unique(inputs, return_inverse=True)
-            in_rows_t = torch.from_numpy(in_rows)
-        rows_t = torch.from_numpy(rows)
-        wy = params["Wy"][rows_t].requires_grad_()
-        by = params["By"][rows_t].requires_grad_()
-        leaves["Wy"], leaves["By"] = (rows_t, wy), (rows_t, by)
-        in_index_t = torch.from_numpy(in_index)
         if mode == "onehot":
-            wx = params["Wx0"][in_rows_t].requires_grad_()
-            leaves["Wx0"] = (in_rows_t, wx)
-            projection = self._dropout(wx[in_index_t], self.dropout_embedding, (batch, 1))
-            gx = projection + params["bx0"]
+            wx = params["Wx0"][in_t].requires_grad_()
+            uses["Wx0"] = [(inputs, wx)]
+            gx = self._dropout(wx, self.dropout_embedding, (batch, 1)) + params["bx0"]
         else:
-            if mode == "constrained":
-                x = wy[in_index_t]
-            else:
-                emb = params["E"][in_rows_t].requires_grad_()
-                leaves["E"] = (in_rows_t, emb)
-                x = emb[in_index_t]
-            x = self._dropout(x, self.dropout_embedding)
-            gx = x @ params["Wx0"] + params["bx0"]
+            table = "Wy" if mode == "constrained" else "E"
+            x = params[table][in_t].requires_grad_()
+            uses.setdefault(table, []).append((inputs, x))
+            gx = self._dropout(x, self.dropout_embedding) @ params["Wx0"] + params["bx0"]
         new_state = []
         for layer in range(self.layers):
             if layer > 0:
@@ -372,8 +361,7 @@ class GRU4Rec(Model):
             # original implementation.
             x = self._dropout(h, self.dropout_hidden)
             new_state.append(x)
-        column_t = torch.from_numpy(column_index)
-        scores = x @ wy[column_t].T + by[column_t]
+        scores = torch.addmm(by, x, wy.T)
         if self.loss == "cross-entropy" and self.logq > 0:
             log_q = self._log_data_prob[targets]
             if samples is not None:
@@ -388,9 +376,13 @@ class GRU4Rec(Model):
                 params[name].grad = None
                 if grad is not None:
                     self._adagrad(name, None, grad)
-            for name, (index, leaf) in leaves.items():
-                if leaf.grad is not None:
-                    self._adagrad(name, index, leaf.grad)
+            for name, parts in uses.items():
+                index = np.concatenate([ix for ix, _ in parts])
+                grads = torch.cat([leaf.grad for _, leaf in parts])
+                rows, inverse = np.unique(index, return_inverse=True)
+                summed = grads.new_zeros((len(rows),) + tuple(grads.shape[1:]))
+                summed.index_add_(0, torch.from_numpy(inverse), grads)
+                self._adagrad(name, torch.from_numpy(rows), summed)
         return float(loss.detach()), torch.stack(new_state).detach()
 
     def _adagrad(self, name: str, rows: torch.Tensor | None, grad: torch.Tensor) -> None:
