@@ -1,44 +1,46 @@
 """Datasets: loaders, the registry of manifests and downloads, sessions, splits, and the
 synthetic generator.
 
-Nothing here imports torch.
+Nothing here imports torch. Names are imported on first use, so that ``harness --help``, which
+imports :mod:`harness.data.cli`, does not pay for numpy.
 """
 
 from __future__ import annotations
 
-from harness.data._common import DataError, DataOrderWarning, data_home
-from harness.data.datasets import (
-    FileDataset,
-    Manifest,
-    dataset_stats,
-    download_dataset,
-    import_dataset,
-    manifest_names,
-    manifests,
-    open_dataset,
-)
-from harness.data.jodie import load_jodie_csv, write_jodie_csv
-from harness.data.logs import load_lastfm_1k, load_reddit_subreddits
-from harness.data.sessions import sessionize
-from harness.data.splits import index_split, session_split
+import importlib
+from typing import Any
 
-__all__ = [
-    "DataError",
-    "DataOrderWarning",
-    "FileDataset",
-    "Manifest",
-    "data_home",
-    "dataset_stats",
-    "download_dataset",
-    "import_dataset",
-    "index_split",
-    "load_jodie_csv",
-    "load_lastfm_1k",
-    "load_reddit_subreddits",
-    "manifest_names",
-    "manifests",
-    "open_dataset",
-    "session_split",
-    "sessionize",
-    "write_jodie_csv",
-]
+_EXPORTS = {
+    "DataError": "_common",
+    "DataOrderWarning": "_common",
+    "data_home": "_common",
+    "FileDataset": "datasets",
+    "Manifest": "datasets",
+    "dataset_stats": "datasets",
+    "download_dataset": "datasets",
+    "import_dataset": "datasets",
+    "manifest_names": "datasets",
+    "manifests": "datasets",
+    "open_dataset": "datasets",
+    "load_jodie_csv": "jodie",
+    "write_jodie_csv": "jodie",
+    "load_lastfm_1k": "logs",
+    "load_reddit_subreddits": "logs",
+    "sessionize": "sessions",
+    "index_split": "splits",
+    "session_split": "splits",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'harness.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"harness.data.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
