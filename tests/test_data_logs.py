@@ -13,13 +13,16 @@ from harness.data import DataError, open_dataset, sessionize
 from harness.data.logs import LASTFM_MEMBER, load_lastfm_1k, load_reddit_subreddits, parse_iso_utc
 
 LASTFM = (
-    "user_000001\t2009-05-04T23:08:57Z\tf1b1cf71-bd35-4e99-8624-24a6e15f133a\tDeep Dish\t\tFuck Me Im Famous\n"
+    "user_000001\t2009-05-04T23:08:57Z\tf1b1cf71-bd35-4e99-8624-24a6e15f133a\tDeep Dish\t\tA Song\n"
     "user_000001\t2009-05-04T13:54:10Z\ta7f7df4a-77d8-4f12-8acd-5c60c93f4de8\t坂本龍一\t\tComposition 0919\n"
     "user_000001\t2009-05-04T13:52:04Z\ta7f7df4a-77d8-4f12-8acd-5c60c93f4de8\t坂本龍一\t\tMc2\n"
     "user_000002\t2009-05-04T13:42:52Z\t\tSome Artist\t\tTrack\n"
     "user_000002\t2008-02-29T00:00:00Z\t\tSome Artist\t\tOld\n"
 )
-REDDIT = "username,subreddit,utc\nkabanossi,photoshopbattles,1482748751.0\nkabanossi,GetMotivated,1482748722.0\nbob,AskReddit,1482740000.0\n"
+REDDIT = (
+    "username,subreddit,utc\nkabanossi,photoshopbattles,1482748751.0\n"
+    "kabanossi,GetMotivated,1482748722.0\nbob,AskReddit,1482740000.0\n"
+)
 
 
 @pytest.fixture(autouse=True)

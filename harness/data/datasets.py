@@ -131,7 +131,7 @@ def local_source(name: str) -> dict[str, Any] | None:
 
 def _write_source(name: str, filename: str, fmt: str, sha256: str, origin: str) -> None:
     record = {"name": name, "filename": filename, "format": fmt, "sha256": sha256,
-              "origin": origin, "stored": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+              "origin": origin, "stored": _dt.datetime.now(_dt.UTC).isoformat()}
     atomic_write_bytes(_store(name) / "source.json", json.dumps(record, indent=1).encode())
 
 
@@ -145,7 +145,7 @@ def _recorded_checksums() -> dict[str, Any]:
 def _record_checksum(name: str, url: str, sha256: str) -> None:
     records = _recorded_checksums()
     records[name] = {"sha256": sha256, "url": url,
-                     "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+                     "recorded": _dt.datetime.now(_dt.UTC).isoformat()}
     atomic_write_bytes(data_home() / "checksums.json", json.dumps(records, indent=1).encode())
 
 

@@ -264,7 +264,7 @@ def write_jodie_csv(stream: Interactions, path: str | Path, *, decimals: int = 4
     a temporary name and renamed, so a reader never sees half a file.
     """
     path = Path(path)
-    n, nfeat = len(stream), stream.n_features
+    _n, nfeat = len(stream), stream.n_features
     header = "user_id,item_id,timestamp,state_label" + "".join(f",f{k + 1}" for k in range(nfeat))
     integral = bool(np.all(stream.t == np.round(stream.t))) and (
         len(stream) == 0 or float(np.abs(stream.t).max()) < 2**53)

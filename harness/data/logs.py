@@ -103,7 +103,7 @@ def parse_iso_utc(stamps: list[bytes], *, where: str = "", first_line: int = 1) 
             raise DataError(f"{where}:{first_line + k}: timestamp {text!r} is not an ISO 8601 "
                             "time (like 2009-05-04T23:08:57Z); fix or remove the line") from None
         if value.tzinfo is None:
-            value = value.replace(tzinfo=_dt.timezone.utc)
+            value = value.replace(tzinfo=_dt.UTC)
         seconds[k] = value.timestamp()
     return seconds
 
