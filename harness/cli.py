@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -146,6 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import RunSpec, build_model, resolve_model, run_many
 
     plugins = {target.rpartition(":")[2].lower(): target for target in args.plugin}
+    if plugins and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # --plugin modules may live in the working directory
     if args.params_from and args.models is None:
         from harness.tuning import study_model
 

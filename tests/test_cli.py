@@ -113,14 +113,11 @@ def test_timeout_is_recorded_as_such(tmp_path):
                     "class Slow(Counts):\n"
                     "    def fit(self, train, *, seed=0):\n"
                     "        time.sleep(60)\n")
-    import os
-
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT / "tests"),
-                                                os.environ.get("PYTHONPATH", "")])
+    sys.path.insert(0, str(tmp_path))  # spawned workers start with the parent's sys.path
     try:
         [path] = run_many([RunSpec(model="slow", dataset="synthetic", plugin="slow_model:Slow",
                                    results=str(tmp_path / "r"), timeout=8)])
     finally:
-        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 2)[2]
+        sys.path.remove(str(tmp_path))
     record = json.loads(Path(path).read_text())
     assert record["status"] == "timeout" and "8 s" in record["reason"]
