@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness_baselines import Frequency, Popularity, Recency
+
 from harness.evaluate import iter_blocks
 from harness.interactions import Interactions
-from harness_baselines import Frequency, Popularity, Recency
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia.csv"
 MODELS = {"popularity": Popularity, "recency": Recency, "frequency": Frequency}
