@@ -45,7 +45,13 @@ class Hawkes(Model):
     Users with fewer than ``min_sessions`` training visits, and users whose fit failed or was
     degenerate (zero baseline), predict their mean training return gap (end of a visit to the
     start of the next), or the mean over all users when they have fewer than 2 training visits;
-    users never seen in training get that global mean too. :attr:`fit_report` counts them.
+    users never seen in training get that global mean too.
+
+    After ``fit``, ``fit_report`` (a JSON-ready dict the evaluator copies into the run record as
+    ``model_report``) holds the counts: ``users``, ``fitted``, ``fallback_few_sessions``,
+    ``fallback_failed_fit``, the rule, the time unit, cut-off and global mean gap in seconds, the
+    decays chosen, ``workers``, ``fit_seconds``, and ``predictions`` (``fitted``, ``fallback``,
+    ``unseen_user``), which counts the queries answered so far.
 
     Parameters
     ----------
