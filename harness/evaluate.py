@@ -331,7 +331,8 @@ def evaluate(
     n_eval = len(data.events)
 
     def bar(total: int, desc: str):
-        return tqdm(total=total, desc=desc, unit="ev", disable=not progress, leave=False,
+        # disable=None: bars only when stderr is a terminal
+        return tqdm(total=total, desc=desc, unit="ev", disable=None if progress else True, leave=False,
                     mininterval=0.5)
 
     tic = time.perf_counter()

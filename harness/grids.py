@@ -123,16 +123,14 @@ def run_grid(
 
     from harness.evaluate import Protocol, check_compatible
     from harness.registry import default_registry
-    from harness.runner import RunSpec, build_model, resolve_model
+    from harness.runner import RunSpec, StreamCache, build_model, resolve_model, run_one
     from harness.tuning import (
-        _Cache,
         _drive,
         _quiet_optuna,
         _write,
         config_digest,
         load_or_create,
         open_storage,
-        run_trial,
         summarize,
     )
 
@@ -183,7 +181,7 @@ def run_grid(
     handle = open_storage(storage, results)
     the_study = load_or_create(handle, study_name, "maximize", config, make_sampler(0),
                                optuna.pruners.NopPruner())
-    cache = _Cache()
+    cache = StreamCache()
 
     def run(trial: Any) -> tuple[Any, float | None]:
         from optuna.trial import TrialState
@@ -194,7 +192,7 @@ def run_grid(
         proto, p, fraction = grid.apply(value, classes[model], model, protocol, params[model])
         spec = RunSpec(model=model, dataset=dataset, protocol=proto, params=p, seed=seed,
                        epochs=epochs, plugin=plugins.get(model), results=results)
-        record = run_trial(spec, data_fraction=fraction, cache=cache)
+        record = run_one(spec, data_fraction=fraction, cache=cache)
         record["tuning"] = {"kind": "grid", "grid": name, "axis": grid.axis, "value": value,
                             "study": study_name, "trial": trial.number, "storage": handle.display}
         path = _write(record, results)

@@ -40,6 +40,8 @@ def leaderboard_rows(
     """Rows per (dataset, protocol, tie policy): the latest record per seed, aggregated."""
     latest: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for record in sorted(records, key=lambda r: r["run_id"]):
+        if record.get("tuning"):
+            continue  # trials and grid points belong to their studies and figures
         if dataset and dataset not in (record["dataset"]["name"], record["dataset"].get("name", "")):
             continue
         if protocol and record["protocol"].get("name") != protocol:

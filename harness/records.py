@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "timeout", "skipped")
+STATUSES = ("ok", "failed", "timeout", "skipped", "pruned")
 REQUIRED_KEYS = (
     "schema_version", "run_id", "status", "model", "params", "dataset", "protocol", "seed",
     "metrics", "epochs", "timing", "environment",

@@ -8,11 +8,13 @@ others: its record says ``failed`` or ``timeout``.
 from __future__ import annotations
 
 import inspect
+import json
 import multiprocessing
 import queue as queue_module
 import resource
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from harness.errors import HarnessError, UsageError
 from harness.records import SCHEMA_VERSION, environment, new_run_id, write_record
 
-__all__ = ["RunSpec", "resolve_model", "run_many", "run_one"]
+__all__ = ["RunSpec", "StreamCache", "build_model", "resolve_model", "run_many", "run_one"]
 
 
 @dataclass
@@ -75,33 +77,85 @@ def changed_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if defaults.get(k, inspect.Parameter.empty) != v}
 
 
-def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Evaluate one run in this process and return its record (not written)."""
-    from harness.data import open_dataset
+@dataclass
+class StreamCache:
+    """Datasets and prepared splits kept across the runs of one process (tuning trials, grids)."""
 
-    from harness.evaluate import Protocol, check_compatible, evaluate
+    datasets: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    prepared: dict[str, tuple[dict[str, int], Any]] = field(default_factory=dict)
 
+    def dataset(self, spec: str, progress: bool = False) -> tuple[Any, Any]:
+        if spec not in self.datasets:
+            from harness.data import open_dataset
+
+            dataset = open_dataset(spec, progress=progress)
+            self.datasets[spec] = (dataset, dataset.load())
+        return self.datasets[spec]
+
+
+class _Stopped(Exception):
+    """Raised when the ``on_epoch`` callback stops a run (an Optuna trial being pruned)."""
+
+
+def run_one(
+    spec: RunSpec,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    data_fraction: float | None = None,
+    cache: StreamCache | None = None,
+) -> dict[str, Any]:
+    """Evaluate one run in this process and return its record (not written).
+
+    ``on_epoch`` sees every epoch's record; if it raises, the run stops and the record's status
+    is ``pruned``. ``data_fraction`` keeps only that leading share of the stream (runtime grids).
+    """
+    from harness.evaluate import Protocol, check_compatible, evaluate, prepare
+
+    cache = cache or StreamCache()
     started = time.time()
     record: dict[str, Any] = _skeleton(spec)
+    epochs: list[dict[str, Any]] = []
+
+    def watch(epoch: dict[str, Any]) -> None:
+        epochs.append(epoch)
+        if on_epoch is not None:
+            try:
+                on_epoch(epoch)
+            except Exception as exc:
+                raise _Stopped(str(exc)) from exc
+
     try:
         cls = resolve_model(spec.model, spec.plugin)
         model = build_model(cls, spec.params, spec.model)
         record["params"] = model.get_params()
         record["params_changed"] = changed_params(cls, record["params"])
         record["plugin"] = f"{cls.__module__}:{cls.__qualname__}"
-        dataset = open_dataset(spec.dataset, progress=spec.progress)
+        dataset, stream = cache.dataset(spec.dataset, spec.progress)
         protocol = Protocol(**{"session_gap": dataset.session_gap, **spec.protocol})
         record["protocol"] = protocol.to_dict()
         check_compatible(cls, protocol.name, spec.model)
-        stream = dataset.load()
-        record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **stream.counts()}
-        result = evaluate(model, stream, protocol, epochs=spec.epochs, seed=spec.seed,
-                          progress=spec.progress)
+        key = json.dumps([spec.dataset, protocol.to_dict(), data_fraction], sort_keys=True)
+        if key not in cache.prepared:
+            if data_fraction is not None:
+                stream = stream[: max(1, int(round(data_fraction * len(stream))))]
+            cache.prepared[key] = (stream.counts(), prepare(stream, protocol))
+        counts, prepared = cache.prepared[key]
+        record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts}
+        if data_fraction is not None:
+            record["dataset"]["prefix_fraction"] = data_fraction
+        result = evaluate(model, prepared, protocol, epochs=spec.epochs, seed=spec.seed,
+                          progress=spec.progress, on_epoch=watch)
+    except _Stopped as exc:
+        last = epochs[-1]["epoch"] if epochs else 0
+        return {**record, "status": "pruned", "epochs": epochs,
+                "reason": f"pruned at epoch {last}" + (f": {exc}" if str(exc) else ""),
+                "timing": {"wall_seconds": time.time() - started,
+                           "samples": {"epoch_fit_seconds": [e["fit_seconds"] for e in epochs]}}}
     except HarnessError as exc:
-        return {**record, "status": "failed", "reason": str(exc)}
+        return {**record, "status": "failed", "reason": str(exc), "epochs": epochs}
     except Exception as exc:  # a model's bug must become a failed record, not a crash
         return {**record, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc()}
+                "traceback": traceback.format_exc(), "epochs": epochs}
     record.update(
         status="ok",
         metrics=result.metrics,

@@ -31,7 +31,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ __all__ = [
     "objective_metric",
     "open_storage",
     "parse_override",
-    "run_trial",
     "tune",
     "tune_study_name",
     "tuned_params",
@@ -411,94 +410,6 @@ def objective_metric(cls: type, protocol: str, metric: str | None = None) -> tup
     return metric, _METRIC_DIRECTION.get(metric, "maximize")
 
 
-@dataclass
-class _Cache:
-    """Streams and prepared splits kept across the trials of one worker."""
-
-    datasets: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    prepared: dict[str, Any] = field(default_factory=dict)
-
-    def dataset(self, spec: str) -> tuple[Any, Any]:
-        if spec not in self.datasets:
-            from harness.data import open_dataset
-
-            dataset = open_dataset(spec)
-            self.datasets[spec] = (dataset, dataset.load())
-        return self.datasets[spec]
-
-
-def run_trial(
-    spec: Any,
-    *,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    data_fraction: float | None = None,
-    cache: _Cache | None = None,
-) -> dict[str, Any]:
-    """Evaluate one :class:`harness.runner.RunSpec` in this process and return its run record, as
-    :func:`harness.runner.run_one` does, with two additions: ``on_epoch`` may raise
-    ``optuna.TrialPruned`` (the record then has status ``pruned``), and ``data_fraction`` keeps
-    only that leading fraction of the stream (the data-size grid)."""
-    import traceback
-
-    import optuna
-
-    from harness.evaluate import Protocol, check_compatible, evaluate, prepare
-    from harness.runner import _peak_rss_mb, _skeleton, build_model, changed_params, resolve_model
-
-    cache = cache or _Cache()
-    started = time.time()
-    record: dict[str, Any] = _skeleton(spec)
-    epochs: list[dict[str, Any]] = []
-
-    def watch(epoch: dict[str, Any]) -> None:
-        epochs.append(epoch)
-        if on_epoch is not None:
-            on_epoch(epoch)
-
-    try:
-        cls = resolve_model(spec.model, spec.plugin)
-        model = build_model(cls, spec.params, spec.model)
-        record["params"] = model.get_params()
-        record["params_changed"] = changed_params(cls, record["params"])
-        record["plugin"] = f"{cls.__module__}:{cls.__qualname__}"
-        dataset, stream = cache.dataset(spec.dataset)
-        protocol = Protocol(**{"session_gap": dataset.session_gap, **spec.protocol})
-        record["protocol"] = protocol.to_dict()
-        check_compatible(cls, protocol.name, spec.model)
-        key = json.dumps([spec.dataset, protocol.to_dict(), data_fraction], sort_keys=True)
-        if key not in cache.prepared:
-            if data_fraction is not None:
-                stream = stream[: max(1, int(round(data_fraction * len(stream))))]
-            cache.prepared[key] = (stream.counts(), prepare(stream, protocol))
-        counts, prepared = cache.prepared[key]
-        record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts}
-        if data_fraction is not None:
-            record["dataset"]["prefix_fraction"] = data_fraction
-        result = evaluate(model, prepared, protocol, epochs=spec.epochs, seed=spec.seed,
-                          on_epoch=watch)
-    except optuna.TrialPruned as exc:
-        last = epochs[-1]["epoch"] if epochs else 0
-        return {**record, "status": "pruned", "epochs": epochs,
-                "reason": f"pruned at epoch {last}" + (f": {exc}" if str(exc) else ""),
-                "timing": {"wall_seconds": time.time() - started,
-                           "samples": {"epoch_fit_seconds": [e["fit_seconds"] for e in epochs]}}}
-    except HarnessError as exc:
-        return {**record, "status": "failed", "reason": str(exc), "epochs": epochs}
-    except Exception as exc:  # a model's bug must become a failed record, not a crash
-        return {**record, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(), "epochs": epochs}
-    record.update(
-        status="ok",
-        metrics=result.metrics,
-        epochs=result.epochs,
-        best_epoch=result.best_epoch,
-        notes=result.notes,
-        model_report=result.model_report,
-        timing={**result.timing, "peak_rss_mb": _peak_rss_mb(), "wall_seconds": time.time() - started},
-    )
-    return record
-
-
 def _value(record: dict[str, Any], metric: str) -> float | None:
     value = record.get("metrics", {}).get("valid", {}).get(metric)
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -551,7 +462,7 @@ def tune(
     import optuna
 
     from harness.evaluate import Protocol, check_compatible
-    from harness.runner import RunSpec, build_model, resolve_model
+    from harness.runner import RunSpec, StreamCache, build_model, resolve_model, run_one
 
     _quiet_optuna()
     if trials < 1:
@@ -587,7 +498,7 @@ def tune(
                                           constant_liar=True)
 
     the_study = load_or_create(handle, name, direction, config, make_sampler(0), pruner)
-    cache = _Cache()
+    cache = StreamCache()
 
     def run(trial: Any) -> tuple[Any, float | None]:
         from optuna.trial import TrialState
@@ -609,7 +520,7 @@ def tune(
                         f"validation {metric} {value:.4g} at epoch {epoch['epoch']} is worse than "
                         f"the median of earlier trials ({type(pruner).__name__})")
 
-        record = run_trial(spec, on_epoch=on_epoch, cache=cache)
+        record = run_one(spec, on_epoch=on_epoch, cache=cache)
         record["tuning"] = {"kind": "tune", "study": name, "trial": trial.number,
                             "storage": handle.display, "metric": metric, "direction": direction}
         if trial.user_attrs.get("retry_of") is not None:

@@ -107,7 +107,6 @@ def test_session_targets_on_a_hand_made_stream():
     user, item, t = (np.array(c) for c in zip(*rows))
     stream = Interactions.from_arrays(user, item, t * hour, n_users=2, n_items=8)
     from harness.data.sessions import sessionize
-
     from harness.evaluate import _session_targets
 
     s = sessionize(stream, gap=hour)
