@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Step", "session_parallel_batches", "session_sequences", "session_starts"]
+__all__ = ["Step", "session_parallel_batches", "session_sequences", "session_starts", "user_order"]
+
+
+def user_order(user: np.ndarray) -> np.ndarray:
+    """Indices that sort events by user, keeping time order within a user."""
+    return np.argsort(user, kind="stable")
 
 
 def session_starts(
@@ -21,10 +26,14 @@ def session_starts(
     t: np.ndarray,
     session: np.ndarray | None = None,
     session_gap: float | None = None,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Boolean per event (time order): the event opens a session of its user."""
+    """Boolean per event (time order): the event opens a session of its user.
+
+    ``order`` may pass ``user_order(user)`` when the caller has it already.
+    """
     n = len(user)
-    order = np.lexsort((np.arange(n), user))  # by user, then time
+    order = user_order(user) if order is None else order
     u = user[order]
     first = np.r_[True, u[1:] != u[:-1]] if n else np.zeros(0, bool)
     starts_sorted = first.copy()
@@ -44,6 +53,7 @@ def session_sequences(
     item: np.ndarray,
     starts: np.ndarray,
     min_length: int = 1,
+    order: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Item sequences of the sessions, ordered by their first event (the official order).
 
@@ -53,7 +63,7 @@ def session_sequences(
     n = len(user)
     if n == 0:
         return np.zeros(0, np.int32), np.zeros(1, np.int64)
-    order = np.lexsort((np.arange(n), user))  # each session is contiguous in this order
+    order = user_order(user) if order is None else order  # sessions are contiguous in it
     sid_sorted = np.cumsum(starts[order]) - 1
     n_sessions = int(sid_sorted[-1]) + 1
     first_event = order[np.flatnonzero(starts[order])]  # index of each session's first event

@@ -23,7 +23,12 @@ import torch
 from harness.api import Model
 from harness.errors import UsageError
 from harness.interactions import Interactions
-from harness_gru4rec._batching import session_parallel_batches, session_sequences, session_starts
+from harness_gru4rec._batching import (
+    session_parallel_batches,
+    session_sequences,
+    session_starts,
+    user_order,
+)
 from harness_gru4rec._losses import LOSSES
 
 __all__ = ["GRU4Rec"]
@@ -155,7 +160,7 @@ class GRU4Rec(Model):
         def fail(name: str, rule: str) -> None:
             raise UsageError(
                 f"GRU4Rec: {name} {rule}, but got {name}={getattr(self, name)!r}; "
-                f"pass e.g. --param {name}=<value>"
+                f"pass e.g. --param gru4rec.{name}=<value>"
             )
 
         for name in ("hidden_size", "layers", "batch_size"):
@@ -192,8 +197,9 @@ class GRU4Rec(Model):
         rng = np.random.default_rng(seed)
         n_items, hidden = int(train.n_items), int(self.hidden_size)
         self._n_items, self._n_users = n_items, int(train.n_users)
-        starts = session_starts(train.user, train.t, train.session, self.session_gap)
-        self._items, self._offsets = session_sequences(train.user, train.item, starts, 2)
+        order = user_order(train.user)
+        starts = session_starts(train.user, train.t, train.session, self.session_gap, order)
+        self._items, self._offsets = session_sequences(train.user, train.item, starts, 2, order)
 
         pop = np.bincount(train.item, minlength=n_items).astype(np.float64)
         weights = np.where(pop > 0, pop, 0.0) ** self.sample_alpha * (pop > 0)
@@ -236,7 +242,7 @@ class GRU4Rec(Model):
         self._rng = rng
         self._epochs_done = 0
         self._epoch_seconds: list[float] = []
-        self._tail = self._training_tails(train, starts)
+        self._tail = self._training_tails(train, starts, order)
         self._state: dict[str, Any] | None = None
         self._eval_params: dict[str, torch.Tensor] | None = None
 
@@ -254,7 +260,8 @@ class GRU4Rec(Model):
             report["train_events_per_second"] = pairs / (sum(seconds) / len(seconds))
         return report
 
-    def _training_tails(self, train: Interactions, starts: np.ndarray) -> dict[str, np.ndarray]:
+    def _training_tails(self, train: Interactions, starts: np.ndarray, order: np.ndarray
+                        ) -> dict[str, np.ndarray]:
         """Each user's events since their last session start, to rebuild the evaluation state."""
         n, n_users = len(train), self._n_users
         last_t = np.full(n_users, np.nan)
@@ -265,7 +272,6 @@ class GRU4Rec(Model):
             return {"users": empty, "items": empty.astype(np.int32),
                     "offsets": np.zeros(1, np.int64), "last_t": last_t,
                     "last_session": last_session, "seen": seen}
-        order = np.lexsort((np.arange(n), train.user))
         user = train.user[order]
         segment = np.cumsum(starts[order]) - 1
         is_last = np.r_[user[1:] != user[:-1], True]

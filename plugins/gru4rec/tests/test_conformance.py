@@ -4,8 +4,6 @@ import pytest
 from harness.testing import ModelConformance
 from harness_gru4rec import GRU4Rec
 
-pytest.importorskip("harness.data.splits", reason="the evaluator's data splits are not there yet")
-
 
 class TestGRU4Rec(ModelConformance):
     @pytest.fixture
