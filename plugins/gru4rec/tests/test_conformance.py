@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from harness.testing import ModelConformance
 from harness_gru4rec import GRU4Rec
+
+from harness.testing import ModelConformance
 
 
 class TestGRU4Rec(ModelConformance):
