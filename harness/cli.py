@@ -233,7 +233,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "validate": cmd_validate}
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"harness: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

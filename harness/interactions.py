@@ -58,7 +58,8 @@ class Interactions:
         label = np.zeros(n, np.int8) if label is None else np.ascontiguousarray(label, np.int8)
         if features is None:
             features = np.zeros((n, 0), np.float32)
-        features = np.ascontiguousarray(features, dtype=np.float32).reshape(n, -1)
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        features = features.reshape(n, features.shape[1] if features.ndim == 2 else -1 if n else 0)
         if not (len(item) == len(t) == len(label) == len(features) == n):
             raise ValueError(
                 f"all columns must have one entry per event, but got lengths user={n}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import multiprocessing
+import os
 import queue as queue_module
 import resource
 import time
@@ -39,6 +40,7 @@ class RunSpec:
     results: str = "results"
     timeout: float | None = None
     progress: bool = False
+    threads: int | None = 1  # CPU threads per run: small per-batch kernels are slower with more
 
 
 def resolve_model(name: str, plugin: str | None = None) -> type:
@@ -192,6 +194,9 @@ def _peak_rss_mb() -> float:
 
 
 def _worker(spec: RunSpec, queue: Any) -> None:
+    if spec.threads:  # before torch or a BLAS library is imported in this fresh process
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = str(spec.threads)
     try:
         path = write_record(run_one(spec), spec.results)
         queue.put(str(path))
