@@ -4,47 +4,17 @@ into the sub-command handlers so that ``harness --help`` and ``harness list`` st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
+from harness._argtypes import csv_list as _csv
+from harness._argtypes import ints as _seeds
+from harness._argtypes import model_param as _param
+from harness._argtypes import split as _split
 from harness.errors import HarnessError, UsageError
 
 DEFAULT_MODELS = ("popularity", "recency", "frequency", "jodie")
-
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers like 0,1,2, got {text!r}") from None
-
-
-def _param(text: str) -> tuple[str, str, Any]:
-    target, sep, raw = text.partition("=")
-    model, dot, key = target.partition(".")
-    if not sep or not dot or not model or not key:
-        raise argparse.ArgumentTypeError(f"--param takes model.key=value, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return model, key, value
-
-
-def _split(text: str) -> tuple[float, float, float]:
-    try:
-        parts = [float(x) for x in _csv(text)]
-    except ValueError:
-        parts = []
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"--split takes train,valid,test fractions, got {text!r}")
-    return parts[0], parts[1], parts[2]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,15 @@ Only argument parsing lives at module level (no optuna, numpy or matplotlib impo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
+
+from harness._argtypes import csv_list as _csv
+from harness._argtypes import ints as _ints
+from harness._argtypes import json_values as _values
+from harness._argtypes import key_value as _key_value
+from harness._argtypes import model_param as _model_param
+from harness._argtypes import split as _split
 
 __all__ = ["add_commands"]
 
@@ -20,60 +26,6 @@ _GRID_HELP = {
     "thrnn-alpha": "THRNN 5.1: return-time loss exponent alpha (needs a 'thrnn' model)",
 }
 _PLOT_KINDS = ("training-fraction", "embedding-size", "epoch-time", "runtime", "return-time")
-
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(s) for s in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 0,1,2, got {text!r}") from None
-
-
-def _values(text: str) -> list[Any]:
-    out = []
-    for part in _csv(text):
-        try:
-            out.append(json.loads(part))
-        except json.JSONDecodeError:
-            out.append(part)
-    return out
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
-
-
-def _model_param(text: str) -> tuple[str, str, Any]:
-    target, sep, raw = text.partition("=")
-    model, dot, key = target.partition(".")
-    if not sep or not dot or not model or not key:
-        raise argparse.ArgumentTypeError(f"--param takes MODEL.KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return model, key, value
-
-
-def _split(text: str) -> tuple[float, float, float]:
-    try:
-        parts = [float(x) for x in _csv(text)]
-    except ValueError:
-        parts = []
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"--split takes train,valid,test fractions, got {text!r}")
-    return parts[0], parts[1], parts[2]
 
 
 def _storage_help() -> str:
