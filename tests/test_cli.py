@@ -121,3 +121,15 @@ def test_timeout_is_recorded_as_such(tmp_path):
         sys.path.remove(str(tmp_path))
     record = json.loads(Path(path).read_text())
     assert record["status"] == "timeout" and "8 s" in record["reason"]
+
+
+def test_validate_runs_the_conformance_suite(capsys):
+    assert main(["validate", "--model", "popularity"]) == 0
+    out = capsys.readouterr().out
+    assert "ok    no_lookahead" in out and "ok    block_equals_single" in out
+    assert "7 passed, 0 failed" in out
+
+
+def test_validate_fails_a_peeking_model(capsys):
+    assert main(["validate", "--model", "peeking", "--plugin", "toy_models:Peeking"]) == 1
+    assert "FAIL  no_lookahead" in capsys.readouterr().out
