@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,8 @@ def leaderboard_rows(
     for record in sorted(records, key=lambda r: r["run_id"]):
         if record.get("tuning"):
             continue  # trials and grid points belong to their studies and figures
-        if dataset and dataset not in (record["dataset"]["name"], record["dataset"].get("name", "")):
+        name = record["dataset"]["name"]
+        if dataset and dataset not in (name, Path(name).stem):
             continue
         if protocol and record["protocol"].get("name") != protocol:
             continue
