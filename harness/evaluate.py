@@ -147,10 +147,10 @@ def prepare(stream: Interactions, protocol: Protocol) -> Prepared:
         codes = index_split(len(stream), protocol.train, protocol.valid, protocol.test)
     codes = np.asarray(codes)
     evaluated = codes >= _VALID
-    if not evaluated.any() or not (codes == 0).any():
+    if not all((codes == code).any() for code in (0, _VALID, _TEST)):
         raise UsageError(
             f"the {protocol.name} split of {stream.name!r} ({len(stream)} events) leaves no "
-            "training or no evaluation events; use a larger dataset"
+            "training, validation or test events; use a larger dataset or other --split fractions"
         )
     ranked = np.ones(len(stream), bool)
     gap = np.full(len(stream), np.nan)
@@ -377,13 +377,16 @@ def evaluate(
         epoch_records.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if best is None or (not math.isnan(value) and sign * value > sign * best[0]):
+        if best is None or (not math.isnan(value)
+                            and (math.isnan(best[0]) or sign * value > sign * best[0])):
             best = (value, epoch, probe, collected)
         elif epoch - best[1] >= protocol.patience:
             notes.append(f"early stop after epoch {epoch}: no better validation {selection} "
                          f"for {protocol.patience} epochs")
             break
     assert best is not None
+    if n_epochs and math.isnan(best[0]):
+        notes.append(f"validation {selection} was not available: epoch {best[1]} reported")
     _, best_epoch, probe, collected = best
     with bar(n_eval - valid_end, "test") as pb:
         t0 = time.perf_counter()

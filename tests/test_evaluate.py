@@ -150,3 +150,8 @@ def test_popularity_mrr_on_wikipedia_equals_a_hand_computation():
         counts[stream.item[j]] += 1
     assert result.metrics["valid"]["mrr"] == pytest.approx(np.mean(reciprocal[1]), rel=1e-12)
     assert result.metrics["test"]["mrr"] == pytest.approx(np.mean(reciprocal[2]), rel=1e-12)
+
+
+def test_a_split_without_validation_events_is_a_clear_error():
+    with pytest.raises(UsageError, match="no training, validation or test events"):
+        evaluate(Counts(), skewed_stream(n=5), Protocol("streaming"))
