@@ -151,7 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_compatible(cls, args.protocol, name)
     from harness.data import open_dataset
 
-    open_dataset(args.dataset, progress=not args.quiet)  # unknown dataset: fail before running
+    # a bad name or a malformed file fails here, before any run; workers then load from the cache
+    open_dataset(args.dataset, progress=not args.quiet).load()
     specs = [
         RunSpec(model=name, dataset=args.dataset, protocol=protocol, params=params[name], seed=seed,
                 epochs=args.epochs, plugin=plugins.get(name), results=args.results,

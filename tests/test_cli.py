@@ -133,3 +133,14 @@ def test_validate_runs_the_conformance_suite(capsys):
 def test_validate_fails_a_peeking_model(capsys):
     assert main(["validate", "--model", "peeking", "--plugin", "toy_models:Peeking"]) == 1
     assert "FAIL  no_lookahead" in capsys.readouterr().out
+
+
+def test_a_malformed_file_is_one_line_exit_2_and_no_record(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,timestamp,state_label\n1,2,3.0,0\n1,2,abc,0\n")
+    code = main(["run", "--models", "popularity", "--dataset", str(bad), "--results",
+                 str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{bad}:3: timestamp 'abc' is not a number" in err
+    assert not (tmp_path / "r").exists()
