@@ -22,7 +22,9 @@ _LOWER_IS_BETTER = {"mae", "fit s/epoch", "eval s"}
 
 
 def _label(record: dict[str, Any]) -> str:
-    changed = record.get("params_changed") or {}
+    changed = dict(record.get("params_changed") or {})
+    if record.get("epochs_requested") is not None and record.get("epochs"):
+        changed["epochs"] = record["epochs_requested"]  # a different training budget
     if not changed:
         return record["model"]
     inside = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
