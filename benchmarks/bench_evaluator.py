@@ -32,8 +32,8 @@ def main() -> None:
     protocol = Protocol("streaming")
     data = prepare(stream, protocol)
     print(f"{args.data}: {len(data.events)} valid+test events, {stream.n_items} items")
-    print("| model | mode | eval s (median of %d) | model s | evaluator overhead s | events/s | test MRR |"
-          % args.repeats)
+    print(f"| model | mode | eval s (median of {args.repeats}) | model s | evaluator overhead s "
+          "| events/s | test MRR |")
     print("|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
         cls = resolve_model(name)

@@ -64,7 +64,8 @@ def synthetic(epochs: int, threads: int | None) -> None:
         samples.append(time.perf_counter() - tic)
         cpu_samples.append(time.process_time() - cpu)
     _emit({"bench": "synthetic-reddit", "events": len(stream), "train_events": len(train),
-           "counts": stream.counts(), "setup_seconds": setup, "epoch_seconds": samples, "epoch_cpu_seconds": cpu_samples,
+           "counts": stream.counts(), "setup_seconds": setup, "epoch_seconds": samples,
+           "epoch_cpu_seconds": cpu_samples,
            "report": model.fit_report})
 
 
