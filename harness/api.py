@@ -139,7 +139,7 @@ class Dataset(ABC):
     #: Short description shown by ``harness list datasets``.
     description: ClassVar[str] = ""
     #: Inactivity gap in seconds that ends a session (1 h as for LastFM unless a dataset says).
-    session_gap: ClassVar[float] = 3600.0
+    session_gap: float = 3600.0
     name: str = ""
 
     @abstractmethod

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    handler = COMMANDS.get(args.command) or args.handler
     try:
         return handler(args)
     except HarnessError as exc:

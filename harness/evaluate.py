@@ -72,16 +72,23 @@ class Protocol:
             raise UsageError(f"tie policy must be one of {TIE_POLICIES}, got {self.tie_policy!r}")
         defaults = {"streaming": (0.8, 0.1, 0.1), "state": (0.6, 0.2, 0.2),
                     "sessions": (0.7, 0.1, 0.2)}[self.name]
-        for attr, default in zip(("train", "valid", "test"), defaults):
-            if getattr(self, attr) is None:
-                object.__setattr__(self, attr, default)
-        if self.name == "sessions" and self.train + self.valid + self.test != 1.0:
-            object.__setattr__(self, "train", round(1.0 - self.valid - self.test, 10))
-        if min(self.train, self.valid, self.test) <= 0 or self.train + self.valid + self.test > 1 + 1e-9:
+        train, valid, test = (default if given is None else given
+                              for given, default in zip((self.train, self.valid, self.test), defaults))
+        if self.name == "sessions":
+            train = round(1.0 - valid - test, 10)  # every session is in one part
+        if min(train, valid, test) <= 0 or train + valid + test > 1 + 1e-9:
             raise UsageError(
                 "split fractions must be positive and sum to at most 1, but got "
-                f"train={self.train}, valid={self.valid}, test={self.test}"
+                f"train={train}, valid={valid}, test={test}"
             )
+        for attr, value in zip(("train", "valid", "test"), (train, valid, test)):
+            object.__setattr__(self, attr, value)
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """The train, valid and test fractions (set by the constructor)."""
+        assert self.train is not None and self.valid is not None and self.test is not None
+        return self.train, self.valid, self.test
 
     @property
     def selection_metric(self) -> str:
@@ -142,9 +149,10 @@ def prepare(stream: Interactions, protocol: Protocol) -> Prepared:
             stream = sessionize(
                 stream, gap=protocol.session_gap or 3600.0, max_length=protocol.max_session_length
             )
-        codes = session_split(stream, test=protocol.test, valid=protocol.valid)
+        _, valid, test = protocol.fractions
+        codes = session_split(stream, test=test, valid=valid)
     else:
-        codes = index_split(len(stream), protocol.train, protocol.valid, protocol.test)
+        codes = index_split(len(stream), *protocol.fractions)
     codes = np.asarray(codes)
     evaluated = codes >= _VALID
     if not all((codes == code).any() for code in (0, _VALID, _TEST)):
@@ -168,6 +176,7 @@ def prepare(stream: Interactions, protocol: Protocol) -> Prepared:
 
 def _session_targets(stream: Interactions) -> tuple[np.ndarray, np.ndarray]:
     """Which events are within-session queries, and the return-time target at each visit end."""
+    assert stream.session is not None and stream.visit is not None, "sessionize the stream first"
     n = len(stream)
     order = np.lexsort((np.arange(n), stream.user))  # by user, then time
     user, session, visit, t = (stream.user[order], stream.session[order],

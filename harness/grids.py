@@ -17,9 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import UsageError, did_you_mean
+
+if TYPE_CHECKING:
+    from harness.api import Model
 
 __all__ = ["EMBEDDING_PARAMS", "GRIDS", "Grid", "get_grid", "run_grid"]
 
@@ -41,7 +44,7 @@ class Grid:
     needs_model: str | None = None
     needs_note: str = ""
 
-    def param_for(self, cls: type, model: str) -> str | None:
+    def param_for(self, cls: type[Model], model: str) -> str | None:
         """The constructor parameter a ``model`` grid sets on ``cls`` (``None`` for other grids)."""
         if self.target != "model":
             return None
@@ -59,7 +62,7 @@ class Grid:
             "leave it out of --models")
 
     def apply(
-        self, value: Any, cls: type, model: str, protocol: dict[str, Any], params: dict[str, Any]
+        self, value: Any, cls: type[Model], model: str, protocol: dict[str, Any], params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any], float | None]:
         """The protocol, model parameters and data fraction of one grid point."""
         protocol, params = dict(protocol), dict(params)
@@ -67,7 +70,9 @@ class Grid:
         if self.target == "protocol":
             protocol.update(train=float(value), valid=0.1, test=0.1)
         elif self.target == "model":
-            params[self.param_for(cls, model)] = value
+            key = self.param_for(cls, model)
+            assert key is not None  # model grids always name a parameter
+            params[key] = value
         else:
             fraction = float(value)
         return protocol, params, fraction
@@ -170,7 +175,7 @@ def run_grid(
               "seeds": seeds, "values": values, "epochs": epochs, "protocol": protocol,
               "params": params}
     study_name = study or f"grid-{name}-{_slug(dataset)}-{config_digest(config)}"
-    space = {"model": models, "seed": seeds, "value": values}
+    space: dict[str, list[Any]] = {"model": models, "seed": seeds, "value": values}
     n_points = math.prod(len(v) for v in space.values())
 
     def make_sampler(number: int) -> Any:

@@ -162,7 +162,8 @@ class MRR(_Accumulating):
     needs = "rank"
 
     def compute(self) -> float:
-        return mrr(*self._columns(), k=self.k)
+        best, *worst = self._columns()
+        return mrr(best, worst[0] if worst else None, k=self.k)
 
 
 class Recall(_Accumulating):
@@ -174,7 +175,8 @@ class Recall(_Accumulating):
         super().__init__(k=10 if k is None else k)
 
     def compute(self) -> float:
-        return recall(*self._columns(), k=self.k)
+        best, *worst = self._columns()
+        return recall(best, worst[0] if worst else None, k=self.k or 10)
 
 
 class AUC(_Accumulating):

@@ -129,8 +129,10 @@ def _curve(records: list[dict[str, Any]], grid: str, xlabel: str, what: str, log
     for (dataset, protocol), group in sorted(_by_dataset(chosen).items()):
         metric = _main_metric(protocol)
         axis = group[0]["tuning"].get("axis")
-        group = _latest(group, lambda r, a=axis: (_label(r, a), json.dumps(r["tuning"]["value"]),
-                                                  r["seed"]))
+        def point(r: dict[str, Any], a: Any = axis) -> tuple:
+            return (_label(r, a), json.dumps(r["tuning"]["value"]), r["seed"])
+
+        group = _latest(group, point)
         series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in group:
             value = r["metrics"].get("test", {}).get(metric)

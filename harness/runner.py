@@ -18,9 +18,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, UsageError
+
+if TYPE_CHECKING:
+    from harness.api import Model
 from harness.records import SCHEMA_VERSION, environment, new_run_id, write_record
 
 __all__ = ["RunSpec", "StreamCache", "build_model", "resolve_model", "run_many", "run_one"]
@@ -43,7 +46,7 @@ class RunSpec:
     threads: int | None = 1  # CPU threads per run: small per-batch kernels are slower with more
 
 
-def resolve_model(name: str, plugin: str | None = None) -> type:
+def resolve_model(name: str, plugin: str | None = None) -> type[Model]:
     """The model class for a registered name, or for ``plugin`` (``package.module:Class``)."""
     from harness.api import Model
     from harness.registry import default_registry, load_object
@@ -62,7 +65,7 @@ def resolve_model(name: str, plugin: str | None = None) -> type:
     return cls
 
 
-def build_model(cls: type, params: dict[str, Any], name: str) -> Any:
+def build_model(cls: type[Model], params: dict[str, Any], name: str) -> Model:
     """Instantiate with keyword parameters, rejecting unknown ones with the list of known ones."""
     known = cls.param_names()
     unknown = sorted(set(params) - set(known))
@@ -73,9 +76,9 @@ def build_model(cls: type, params: dict[str, Any], name: str) -> Any:
     return cls(**params)
 
 
-def changed_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+def changed_params(cls: type[Model], params: dict[str, Any]) -> dict[str, Any]:
     """Parameters that differ from the constructor's defaults (used to label leaderboard rows)."""
-    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()}
+    defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()}
     return {k: v for k, v in params.items() if defaults.get(k, inspect.Parameter.empty) != v}
 
 

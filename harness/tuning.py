@@ -33,9 +33,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError, UsageError
+
+if TYPE_CHECKING:
+    from harness.api import Model
 
 __all__ = [
     "DEFAULT_STORAGE_FILE",
@@ -140,7 +143,8 @@ def load_or_create(
     """Create study ``name`` or load it; loading checks that it was made by the same command."""
     import optuna
 
-    study = optuna.create_study(storage=handle.storage, study_name=name, direction=direction,
+    study = optuna.create_study(storage=handle.storage, study_name=name,
+                                direction=direction,  # type: ignore[arg-type]  # "minimize"|"maximize"
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
     with handle.lock():
         stored = study.user_attrs.get("harness")
@@ -346,8 +350,9 @@ class _SpaceTrial:
             if override.choices is not None:
                 choices = list(override.choices)
             else:
-                choices = [c for c in choices if isinstance(c, (int, float))
-                           and override.low <= c <= override.high]
+                low, high = override.low, override.high
+                assert low is not None and high is not None  # a range when there are no choices
+                choices = [c for c in choices if isinstance(c, (int, float)) and low <= c <= high]
                 if not choices:
                     raise UsageError(f"--space {override}: no choice of {name!r} lies in that range")
         return self._trial.suggest_categorical(name, list(choices))
@@ -388,7 +393,7 @@ class _Probe:
         pass
 
 
-def describe_space(cls: type) -> dict[str, str]:
+def describe_space(cls: type[Model]) -> dict[str, str]:
     """The parameters ``cls.search_space`` suggests, each with its range, in suggestion order."""
     probe = _SpaceTrial(_Probe(), {}, {})
     cls.search_space(probe)
@@ -398,7 +403,7 @@ def describe_space(cls: type) -> dict[str, str]:
 # -- one trial -------------------------------------------------------------------------------
 
 
-def objective_metric(cls: type, protocol: str, metric: str | None = None) -> tuple[str, str]:
+def objective_metric(cls: type[Model], protocol: str, metric: str | None = None) -> tuple[str, str]:
     """The validation metric a study optimises for ``cls`` under ``protocol``, and its direction."""
     if metric is None:
         caps = set(cls.capabilities)
@@ -541,7 +546,7 @@ def tune(
     return summarize(the_study, handle, ran)
 
 
-def _probe_params(cls: type, overrides: dict[str, Override], fixed: dict[str, Any]) -> dict[str, Any]:
+def _probe_params(cls: type[Model], overrides: dict[str, Override], fixed: dict[str, Any]) -> dict[str, Any]:
     return {**cls.search_space(_SpaceTrial(_Probe(), overrides, fixed)), **fixed}
 
 
