@@ -46,13 +46,13 @@ def wikipedia(epochs: int, online: bool, tie_policy: str, threads: int | None) -
     })
 
 
-def synthetic(epochs: int, threads: int | None) -> None:
+def synthetic(epochs: int, threads: int | None, train_fraction: float) -> None:
     from harness_jodie import JODIE
 
     from harness.data.synthetic import SyntheticDataset
 
     stream = SyntheticDataset(preset="reddit").load()
-    train = stream[: int(0.8 * len(stream))]
+    train = stream[: int(train_fraction * len(stream))]
     model = JODIE(num_threads=threads)
     tic = time.perf_counter()
     model.fit(train, seed=0)
@@ -96,13 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--online", action="store_true", help="the authors' online updates")
     parser.add_argument("--tie-policy", default="average")
     parser.add_argument("--events", type=int, default=200_000, help="memory: stream length")
+    parser.add_argument("--train-fraction", type=float, default=0.8,
+                        help="synthetic: leading share of the stream to train on (1 = all events)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's)")
     args = parser.parse_args(argv)
     threads = args.threads or None
     if args.what == "wikipedia":
         wikipedia(args.epochs, args.online, args.tie_policy, threads)
     elif args.what == "synthetic":
-        synthetic(args.epochs, threads)
+        synthetic(args.epochs, threads, args.train_fraction)
     else:
         memory(args.events, threads)
 
