@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-WIKIPEDIA = Path("/work/shared/data/wikipedia.csv")
+WIKIPEDIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikipedia.csv"
 
 
 def _emit(record: dict) -> None:

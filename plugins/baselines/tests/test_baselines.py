@@ -9,9 +9,10 @@ import pytest
 from harness_baselines import Frequency, Popularity, Recency
 
 from harness.errors import HarnessError
+from harness.evaluate import iter_blocks
 from harness.interactions import Interactions
 
-WIKIPEDIA = Path("/work/shared/data/wikipedia.csv")
+WIKIPEDIA = Path(__file__).resolve().parents[4] / "shared" / "data" / "wikipedia.csv"
 
 
 def random_stream(seed: int, n: int = 400, n_users: int = 15, n_items: int = 12) -> Interactions:
@@ -53,19 +54,8 @@ def ranks_of(scores: np.ndarray) -> np.ndarray:
 
 
 def distinct_runs(stream: Interactions) -> list[tuple[int, int]]:
-    """Maximal runs of consecutive events with no user and no item repeated."""
-    runs, start = [], 0
-    users: set[int] = set()
-    items: set[int] = set()
-    for k, (u, i) in enumerate(zip(stream.user.tolist(), stream.item.tolist(), strict=True)):
-        if u in users or i in items:
-            runs.append((start, k))
-            start, users, items = k, set(), set()
-        users.add(u)
-        items.add(i)
-    if start < len(stream):
-        runs.append((start, len(stream)))
-    return runs
+    """Maximal runs of consecutive events with no user and no item repeated (the evaluator's)."""
+    return list(iter_blocks(stream, max_block=len(stream) + 1))
 
 
 MODELS = {"popularity": Popularity, "frequency": Frequency, "recency": Recency}

@@ -9,6 +9,7 @@ import torch
 from harness_gru4rec import GRU4Rec, session_starts
 
 from harness.errors import UsageError
+from harness.evaluate import iter_blocks
 from harness.interactions import Interactions
 
 
@@ -54,19 +55,8 @@ def without_sessions(stream: Interactions) -> Interactions:
 
 
 def distinct_runs(stream: Interactions) -> list[tuple[int, int]]:
-    """Maximal runs of consecutive events with no user and no item repeated."""
-    runs, start = [], 0
-    users: set[int] = set()
-    items: set[int] = set()
-    for k, (u, i) in enumerate(zip(stream.user.tolist(), stream.item.tolist(), strict=True)):
-        if u in users or i in items:
-            runs.append((start, k))
-            start, users, items = k, set(), set()
-        users.add(u)
-        items.add(i)
-    if start < len(stream):
-        runs.append((start, len(stream)))
-    return runs
+    """Maximal runs of consecutive events with no user and no item repeated (the evaluator's)."""
+    return list(iter_blocks(stream, max_block=len(stream) + 1))
 
 
 def replay(model: GRU4Rec, events: Interactions, blocks: list[tuple[int, int]]) -> np.ndarray:
