@@ -155,3 +155,24 @@ def test_popularity_mrr_on_wikipedia_equals_a_hand_computation():
 def test_a_split_without_validation_events_is_a_clear_error():
     with pytest.raises(UsageError, match="no training, validation or test events"):
         evaluate(Counts(), skewed_stream(n=5), Protocol("streaming"))
+
+
+class IterativeCounts(Counts):
+    iterative = True
+    default_epochs = 3
+
+    def train_epoch(self):
+        return {}
+
+
+def test_missing_validation_metric_is_noted_not_hidden():
+    stream = skewed_stream(n=2000)
+    label = stream.label.copy()
+    label[int(0.6 * 2000):int(0.8 * 2000)] = 0  # no state change in the validation part
+    stream = Interactions.from_arrays(stream.user, stream.item, stream.t, label,
+                                      n_users=stream.n_users, n_items=stream.n_items)
+    result = evaluate(IterativeCounts(), stream, Protocol("state"), epochs=3)
+    assert result.best_epoch == 1 and "auc" not in result.metrics["valid"]
+    assert any("validation auc was not available" in note for note in result.notes)
+    assert any("auc not reported for split valid" in note for note in result.notes)
+    assert "auc" in result.metrics["test"]
