@@ -25,7 +25,6 @@ __all__ = [
     "mae",
     "mae_by_bin",
     "mrr",
-    "parse_metric",
     "rank_bounds",
     "recall",
 ]
@@ -196,13 +195,3 @@ class MAE(_Accumulating):
 
     def compute(self) -> float:
         return mae(*self._columns())
-
-
-def parse_metric(spec: str) -> tuple[str, int | None]:
-    """``"recall@10"`` -> ``("recall", 10)``; ``"mrr"`` -> ``("mrr", None)``."""
-    name, sep, k = spec.partition("@")
-    if not sep:
-        return name, None
-    if not k.isdigit() or int(k) < 1:
-        raise ValueError(f"a metric cut-off must be a positive integer, but got {spec!r}")
-    return name, int(k)

@@ -76,6 +76,13 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
+def _by_x(points: dict[Any, list[float]]) -> tuple[list[Any], list[float], list[float], list[int]]:
+    """Sorted x values with the mean, standard deviation and count of the values at each."""
+    xs = sorted(points)
+    stats = [_stats(points[x]) for x in xs]
+    return xs, [m for m, _ in stats], [sd for _, sd in stats], [len(points[x]) for x in xs]
+
+
 def _seeds_text(counts: list[int]) -> str:
     if not counts:
         return "0 seeds"
@@ -144,11 +151,10 @@ def _curve(records: list[dict[str, Any]], grid: str, xlabel: str, what: str, log
         colors = _colors(list(series))
         seeds = []
         for i, (label, points) in enumerate(sorted(series.items())):
-            xs = sorted(points)
-            stats = [_stats(points[x]) for x in xs]
-            seeds += [len(points[x]) for x in xs]
+            xs, means, stds, counts = _by_x(points)
+            seeds += counts
             shown = [100 * x for x in xs] if grid == "training-fraction" else xs
-            ax.errorbar(shown, [m for m, _ in stats], yerr=[s for _, s in stats], label=label,
+            ax.errorbar(shown, means, yerr=stds, label=label,
                         color=colors[label], marker=_MARKERS[i % len(_MARKERS)], capsize=3, lw=1.6,
                         ms=5)
         if log2:
@@ -253,10 +259,9 @@ def _runtime(records: list[dict[str, Any]]) -> list:
         colors = _colors(list(series))
         seeds = []
         for i, (label, points) in enumerate(sorted(series.items())):
-            xs = sorted(points)
-            stats = [_stats(points[x]) for x in xs]
-            seeds += [len(points[x]) for x in xs]
-            means = np.array([m for m, _ in stats])
+            xs, mean_list, stds, counts = _by_x(points)
+            seeds += counts
+            means = np.array(mean_list)
             text = label
             if len(xs) >= 2:
                 slope, intercept = np.polyfit(np.log(xs), np.log(means), 1)
@@ -264,7 +269,7 @@ def _runtime(records: list[dict[str, Any]]) -> list:
                 ax.plot(grid_x, np.exp(intercept) * grid_x ** slope, color=colors[label], lw=1,
                         ls="--", alpha=0.8)
                 text = f"{label} (slope {slope:.2f})"
-            ax.errorbar(xs, means, yerr=[s for _, s in stats], color=colors[label], ls="none",
+            ax.errorbar(xs, means, yerr=stds, color=colors[label], ls="none",
                         marker=_MARKERS[i % len(_MARKERS)], capsize=3, ms=5, label=text)
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -47,9 +47,6 @@ class Recorder(Model):
     capabilities = frozenset({"rank"})
     supports_blocks = True
 
-    def __init__(self, *, blocks: bool = True) -> None:
-        self.blocks = blocks
-
     def fit(self, train, *, seed=0):
         self.train_t_ = train.t.copy()
         self.train_len_ = len(train)

@@ -14,20 +14,6 @@ from harness.api import Model
 from harness.evaluate import Prepared, Protocol, check_compatible, iter_blocks, prepare, replay
 from harness.interactions import Interactions
 
-__all__ = [
-    "CHECKS",
-    "applicable_checks",
-    "check_block_equals_single",
-    "check_finite_for_unseen",
-    "check_model",
-    "check_no_lookahead",
-    "check_params_round_trip",
-    "check_pickle_round_trip",
-    "check_predictions_shape",
-    "check_seed_determinism",
-    "random_stream",
-]
-
 
 def random_stream(
     n_users: int = 24,
