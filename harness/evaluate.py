@@ -18,22 +18,24 @@ keeps the state it built on valid events when it reaches test events.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from harness.api import Model
-from harness.errors import UsageError
+from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall
+from harness.sandbox import LocalModel, ModelProcess, ModelRef, Step
 
 __all__ = [
+    "AUDIT_COUNTS",
     "PROTOCOLS",
+    "AuditFailure",
     "Evaluation",
     "Protocol",
     "check_compatible",
@@ -64,6 +66,8 @@ class Protocol:
     max_session_length: int = 20
     patience: int = 5
     max_block: int = 1024
+    audits: int = 16
+    audit_window: int = 64
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -76,6 +80,9 @@ class Protocol:
                               for given, default in zip((self.train, self.valid, self.test), defaults))
         if self.name == "sessions":
             train = round(1.0 - valid - test, 10)  # every session is in one part
+        if self.audits < 0 or self.audit_window < 1:
+            raise UsageError(f"audits must be >= 0 and audit_window >= 1, but got "
+                             f"audits={self.audits}, audit_window={self.audit_window}")
         if min(train, valid, test) <= 0 or train + valid + test > 1 + 1e-9:
             raise UsageError(
                 "split fractions must be positive and sum to at most 1, but got "
@@ -111,6 +118,7 @@ class Prepared:
     split: np.ndarray  # 1 valid, 2 test, per event of ``events``
     ranked: np.ndarray  # bool: the event is a next-item query
     gap: np.ndarray  # seconds to the user's next visit when the event ends a visit, else NaN
+    index: np.ndarray  # position of each evaluation event in the whole (sessionized) stream
 
 
 @dataclass
@@ -123,15 +131,19 @@ class Evaluation:
     timing: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     model_report: dict[str, Any] | None = None
+    audit: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
-def check_compatible(model_cls: type[Model], protocol: str, name: str | None = None) -> None:
-    """Raise a clear error before any work when the model cannot be evaluated on ``protocol``."""
-    name = name or model_cls.__name__
+def check_compatible(model: type[Model] | Iterable[str], protocol: str, name: str | None = None) -> None:
+    """Raise a clear error before any work when a model (its class, or its capabilities) cannot be
+    evaluated on ``protocol``."""
+    caps = set(model.capabilities) if isinstance(model, type) else set(model)
+    name = name or (model.__name__ if isinstance(model, type) else "the model")
     needs = _NEEDS[protocol]
-    if not set(needs) & set(model_cls.capabilities):
-        declared = ", ".join(sorted(model_cls.capabilities)) or "nothing"
-        fits = [p for p, n in _NEEDS.items() if set(n) & set(model_cls.capabilities)]
+    if not set(needs) & caps:
+        declared = ", ".join(sorted(caps)) or "nothing"
+        fits = [p for p, n in _NEEDS.items() if set(n) & caps]
         hint = f"; use --protocol {' or '.join(fits)}" if fits else ""
         raise UsageError(
             f"model {name!r} cannot run the {protocol!r} protocol: it needs capability "
@@ -171,6 +183,7 @@ def prepare(stream: Interactions, protocol: Protocol) -> Prepared:
         split=codes[idx].astype(np.int8),
         ranked=ranked[idx],
         gap=gap[idx],
+        index=idx,
     )
 
 
@@ -211,8 +224,13 @@ def iter_blocks(stream: Interactions, max_block: int = 1024) -> Iterator[tuple[i
         yield start, len(stream)
 
 
+class AuditFailure(HarnessError):
+    """A model's answers broke a rule of the protocol (look-ahead, state change in ``score``,
+    non-finite or wrongly shaped predictions): the run is ``failed`` with this reason."""
+
+
 class _Collector:
-    """Predictions gathered during a pass, per split."""
+    """Predictions gathered during a pass, per split, and what the audits checked."""
 
     def __init__(self) -> None:
         self.best: list[np.ndarray] = []
@@ -222,12 +240,15 @@ class _Collector:
         self.gaps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.model_seconds = 0.0
         self.events = 0
+        self.audit = dict.fromkeys(AUDIT_COUNTS, 0)
 
     def extend(self, other: _Collector) -> None:
         for name in ("best", "worst", "rank_split", "state", "gaps"):
             getattr(self, name).extend(getattr(other, name))
         self.model_seconds += other.model_seconds
         self.events += other.events
+        for key, value in other.audit.items():
+            self.audit[key] += value
 
     def metrics(self, split: int, protocol: Protocol, notes: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -258,64 +279,200 @@ class _Collector:
 
 
 _SPLIT_NAMES = {_VALID: "valid", _TEST: "test"}
+#: What the audits of a run count: blocks and rows re-scored with their own and later events
+#: altered, blocks scored twice, and forks of the model's process made for the audits.
+AUDIT_COUNTS = ("lookahead_blocks", "lookahead_rows", "twice_blocks", "forks")
+
+
+class _Auditor:
+    """Where a pass audits (seeded). The pass forks the model's process at the start of every
+    window of ``protocol.audit_window`` blocks, so a fork tells the model nothing; in
+    ``protocol.audits`` windows drawn at random the fork follows the real events up to a random
+    block and is then asked about an altered copy of it, in others the pass scores a random block
+    twice."""
+
+    def __init__(self, protocol: Protocol, seed: int, pass_number: int, n_blocks: int) -> None:
+        self.window = max(1, protocol.audit_window)
+        self.rng = np.random.default_rng([seed, pass_number, 0xA0D17])
+        n_windows = -(-n_blocks // self.window)
+        k = min(protocol.audits, n_windows)
+        self.lookahead = set(self.rng.choice(n_windows, k, replace=False).tolist())
+        self.twice = set(self.rng.choice(n_windows, k, replace=False).tolist())
+
+    def target(self, window: int, size: int, chosen: set[int]) -> int | None:
+        return int(self.rng.integers(size)) if window in chosen else None
+
+
+def _altered(block: Interactions, j: int, rng: np.random.Generator, only_label: bool) -> Interactions:
+    """``block`` with the label (and unless ``only_label`` the item and features) of events
+    ``j`` and later changed; users and times stay, and items stay distinct within the block."""
+    label = block.label.copy()
+    label[j:] = 1 - label[j:]
+    if only_label:
+        return replace(block, label=label)
+    n = len(block) - j
+    taken = block.item if block.n_items - len(block) >= n else block.item[:j]
+    free = np.setdiff1d(np.arange(block.n_items, dtype=block.item.dtype), taken)
+    item = block.item.copy()
+    item[j:] = rng.choice(free, n, replace=False)
+    features = block.features.copy()
+    features[j:] = rng.normal(size=features[j:].shape)
+    return replace(block, item=item, label=label, features=features)
+
+
+def _check_answers(got: Step, block: Interactions, score: bool, state: bool,
+                   n_ends: int, index: np.ndarray) -> None:
+    """Shapes and finiteness of a step's answers; raise :class:`AuditFailure` with the event."""
+    rows = len(block)
+
+    def fail(what: str, bad: np.ndarray | None = None) -> None:
+        at = f" at event {int(index[int(np.flatnonzero(bad)[0])]):,}" if bad is not None and bad.any() else \
+            f" at event {int(index[0]):,}"
+        raise AuditFailure(f"{what}{at}")
+
+    if score:
+        scores = got.scores
+        if scores is None or scores.shape != (rows, block.n_items):
+            shape = None if scores is None else scores.shape
+            fail(f"score() returned shape {shape} for a block of {rows} events over "
+                 f"{block.n_items} items")
+        assert scores is not None
+        finite = np.isfinite(scores)
+        if not finite.all():
+            fail("score() returned NaN or infinity", ~finite.all(axis=1))
+    if state:
+        probs = got.state
+        if probs is None or probs.shape != (rows,):
+            fail(f"predict_state() returned shape {None if probs is None else probs.shape} for a "
+                 f"block of {rows} events")
+        assert probs is not None
+        bad = ~np.isfinite(probs) | (probs < 0) | (probs > 1)
+        if bad.any():
+            fail("predict_state() returned a value that is not a probability in [0, 1]", bad)
+    if n_ends:
+        gaps = got.gap
+        if gaps is None or gaps.shape != (n_ends,):
+            fail(f"predict_return_time() returned shape {None if gaps is None else gaps.shape} "
+                 f"for {n_ends} users")
+        assert gaps is not None
+        if not (np.isfinite(gaps).all() and (gaps >= 0).all()):
+            fail("predict_return_time() returned a gap that is not finite and >= 0")
+
+
+def _compare(real: np.ndarray | None, other: np.ndarray | None, rows: int, index: int, why: str) -> None:
+    if real is None or other is None:
+        return
+    if other.shape != real.shape or not np.array_equal(real[:rows], other[:rows]):
+        if other.shape == real.shape:
+            diff = float(np.max(np.abs(real[:rows].astype(np.float64) - other[:rows])))
+            detail = f" (largest difference {diff:.3g})"
+        else:
+            detail = f" (shape {other.shape} against {real.shape})"
+        raise AuditFailure(f"{why} at event {index:,}{detail}")
 
 
 def _stream(
-    model: Model,
+    proc: Any,
     data: Prepared,
     protocol: Protocol,
+    capabilities: frozenset[str] | set[str],
     start: int,
     stop: int,
     blocks: list[tuple[int, int]],
     progress: Callable[[int], None] | None,
+    auditor: _Auditor | None = None,
 ) -> _Collector:
-    """Feed events ``[start, stop)`` of ``data.events`` to ``model`` block by block."""
+    """Feed events ``[start, stop)`` of ``data.events`` to ``proc`` block by block, auditing the
+    pass when an ``auditor`` is given."""
     out = _Collector()
-    caps = type(model).capabilities
-    want_rank = "rank" in caps and protocol.name != "state"
-    want_state = "state" in caps and protocol.name != "sessions"
-    want_gap = "return_time" in caps and protocol.name == "sessions"
+    want_rank = "rank" in capabilities and protocol.name != "state"
+    want_state = "state" in capabilities and protocol.name != "sessions"
+    want_gap = "return_time" in capabilities and protocol.name == "sessions"
     events = data.events
     clock = time.perf_counter
-    for a, b in blocks:
-        if b <= start or a >= stop:
-            continue
-        a, b = max(a, start), min(b, stop)
-        block = events[a:b]
-        ranked = data.ranked[a:b]
-        if want_rank and ranked.any():
+    todo = [(max(a, start), min(b, stop)) for a, b in blocks if a < stop and b > start]
+    window = auditor.window if auditor else len(todo) or 1
+    for w, first in enumerate(range(0, len(todo), window)):
+        chunk = todo[first:first + window]
+        clone, lookahead_at, twice_at = None, None, None
+        if auditor is not None:
+            clone = proc.fork()
+            out.audit["forks"] += 1
+            lookahead_at = auditor.target(w, len(chunk), auditor.lookahead)
+            twice_at = auditor.target(w, len(chunk), auditor.twice)
+            if lookahead_at is None:
+                clone.close()
+                clone = None
+        for k, (a, b) in enumerate(chunk):
+            block = events[a:b]
+            ranked = data.ranked[a:b]
+            score = want_rank and bool(ranked.any())
+            ends = ~np.isnan(data.gap[a:b]) if want_gap else None
+            n_ends = int(ends.sum()) if ends is not None else 0
+            index = data.index[a:b]
             tic = clock()
-            scores = model.score(block)
+            alt = alt_label = None
+            j = 0
+            if clone is not None and lookahead_at is not None and k >= lookahead_at:
+                if score or want_state:
+                    assert auditor is not None
+                    j = int(auditor.rng.integers(b - a))
+                    label_clone = clone.fork() if want_state else None
+                    out.audit["forks"] += label_clone is not None
+                    alt = clone.step(_altered(block, j, auditor.rng, False), score=score,
+                                     state=want_state)
+                    if label_clone is not None:
+                        alt_label = label_clone.step(_altered(block, j, auditor.rng, True),
+                                                     score=False, state=True)
+                        label_clone.close()
+                    clone.close()
+                    clone = None
+                else:
+                    clone.step(block, score=False, reply=False)
+            elif clone is not None:
+                clone.step(block, score=False, reply=False)
+            first_scores = proc.score(block) if score and k == twice_at else None
+            got = proc.step(block, score=score, state=want_state, ends=ends)
             out.model_seconds += clock() - tic
-            if scores.shape != (b - a, events.n_items):
-                raise ValueError(
-                    f"{type(model).__name__}.score returned shape {scores.shape}, "
-                    f"expected {(b - a, events.n_items)}"
-                )
-            best, worst = rank_bounds(scores[ranked], block.item[ranked], protocol.tie_policy)
-            out.best.append(best)
-            out.worst.append(worst)
-            out.rank_split.append(data.split[a:b][ranked])
-        tic = clock()
-        model.observe(block)
-        if want_state:
-            probs = np.asarray(model.predict_state(block), dtype=np.float64)
-            out.state.append((block.label, probs, data.split[a:b]))
-        if want_gap:
-            ends = ~np.isnan(data.gap[a:b])
-            if ends.any():
-                pred = model.predict_return_time(block.user[ends], block.t[ends])
-                out.gaps.append((data.gap[a:b][ends], np.asarray(pred, np.float64),
-                                 data.split[a:b][ends]))
-        out.model_seconds += clock() - tic
-        out.events += b - a
-        if progress is not None:
-            progress(b - a)
+            _check_answers(got, block, score, want_state, n_ends, index)
+            if first_scores is not None:
+                _compare(got.scores, first_scores, b - a, int(index[0]),
+                         "score() changed the model's state: scoring the same block twice gave "
+                         "different rows, block starting")
+                out.audit["twice_blocks"] += 1
+            if alt is not None:
+                why = ("look-ahead: a score row depends on its own or a later event's item, label "
+                       "or features")
+                _compare(got.scores, alt.scores, j + 1, int(index[j]), why)
+                _compare(got.state, alt.state, j, int(index[j]),
+                         "look-ahead: a state prediction depends on a later event")
+                if alt_label is not None:
+                    _compare(got.state, alt_label.state, j + 1, int(index[j]),
+                             "look-ahead: a state prediction depends on its own event's label")
+                out.audit["lookahead_blocks"] += 1
+                out.audit["lookahead_rows"] += j + 1
+            if score:
+                assert got.scores is not None
+                best, worst = rank_bounds(got.scores[ranked], block.item[ranked], protocol.tie_policy)
+                out.best.append(best)
+                out.worst.append(worst)
+                out.rank_split.append(data.split[a:b][ranked])
+            if want_state:
+                assert got.state is not None
+                out.state.append((block.label, got.state.astype(np.float64), data.split[a:b]))
+            if n_ends:
+                assert ends is not None and got.gap is not None
+                out.gaps.append((data.gap[a:b][ends], got.gap.astype(np.float64), data.split[a:b][ends]))
+            out.events += b - a
+            if progress is not None:
+                progress(b - a)
+        if clone is not None:
+            clone.close()
     return out
 
 
 def evaluate(
-    model: Model,
+    model: Model | ModelRef | ModelProcess,
     stream: Interactions | Prepared,
     protocol: Protocol | None = None,
     *,
@@ -323,73 +480,101 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    threads: int | None = None,
 ) -> Evaluation:
-    """Fit ``model`` on the protocol's training part and evaluate it on valid and test.
+    """Fit a model on the protocol's training part and evaluate it on valid and test.
 
-    ``on_epoch`` is called with each epoch's record (Optuna uses it to prune).
+    The model runs in a process of its own (see :mod:`harness.sandbox`): give a
+    :class:`ModelRef` (nothing of the model is imported here), an unfitted model object (its
+    class must be importable), or a started :class:`ModelProcess` (left running). Every pass is
+    audited. ``on_epoch`` is called with each epoch's record (Optuna uses it to prune).
     """
+    if isinstance(model, ModelProcess):
+        return _evaluate(model, stream, protocol, epochs, seed, progress, on_epoch)
+    with ModelProcess.start(model, threads=threads) as proc:
+        return _evaluate(proc, stream, protocol, epochs, seed, progress, on_epoch)
+
+
+def _evaluate(
+    proc: ModelProcess,
+    stream: Interactions | Prepared,
+    protocol: Protocol | None,
+    epochs: int | None,
+    seed: int,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> Evaluation:
     from tqdm import tqdm
 
     protocol = protocol or Protocol()
-    check_compatible(type(model), protocol.name)
+    meta = proc.meta
+    caps = frozenset(meta["capabilities"])
+    check_compatible(caps, protocol.name, meta["name"])
     data = stream if isinstance(stream, Prepared) else prepare(stream, protocol)
     notes: list[str] = []
-    max_block = protocol.max_block if type(model).supports_blocks else 1
+    max_block = protocol.max_block if meta["supports_blocks"] else 1
     blocks = list(iter_blocks(data.events, max_block))
     valid_end = int(np.flatnonzero(data.split == _VALID)[-1]) + 1
     n_eval = len(data.events)
+    n_valid_blocks = sum(a < valid_end for a, _ in blocks)
+    passes = iter(range(1, 1 << 30))
 
     def bar(total: int, desc: str):
         # disable=None: bars only when stderr is a terminal
         return tqdm(total=total, desc=desc, unit="ev", disable=None if progress else True, leave=False,
                     mininterval=0.5)
 
+    def run_pass(probe: ModelProcess, start: int, stop: int, n_blocks: int, desc: str
+                 ) -> tuple[_Collector, float]:
+        auditor = _Auditor(protocol, seed, next(passes), n_blocks) if protocol.audits else None
+        with bar(stop - start, desc) as pb:
+            t0 = time.perf_counter()
+            collected = _stream(probe, data, protocol, caps, start, stop, blocks, pb.update, auditor)
+            return collected, time.perf_counter() - t0
+
     tic = time.perf_counter()
-    model.fit(data.train, seed=seed)
+    proc.fit(data.train, seed=seed)
     setup_seconds = time.perf_counter() - tic
     epoch_records: list[dict[str, Any]] = []
     fit_samples: list[float] = []
     valid_samples: list[float] = []
-    best: tuple[float, int, Model, _Collector] | None = None
+    best: tuple[float, int, ModelProcess, _Collector] | None = None
     selection = protocol.selection_metric
-    if protocol.name == "sessions" and "rank" not in type(model).capabilities:
+    if protocol.name == "sessions" and "rank" not in caps:
         selection = "mae"
     sign = -1.0 if selection == "mae" else 1.0
-    if not type(model).iterative or not (epochs or type(model).default_epochs):
+    if not meta["iterative"] or not (epochs or meta["default_epochs"]):
         n_epochs = 0
     else:
-        n_epochs = epochs if epochs is not None else type(model).default_epochs
-
-    def validate(candidate: Model) -> tuple[_Collector, float]:
-        with bar(valid_end, "valid") as pb:
-            t0 = time.perf_counter()
-            collected = _stream(candidate, data, protocol, 0, valid_end, blocks, pb.update)
-            return collected, time.perf_counter() - t0
+        n_epochs = epochs if epochs is not None else meta["default_epochs"]
 
     if n_epochs == 0:
-        probe = model
-        collected, seconds = validate(probe)
+        probe = proc.fork()
+        collected, seconds = run_pass(probe, 0, valid_end, n_valid_blocks, "valid")
         valid_samples.append(seconds)
         best = (0.0, 0, probe, collected)
     for epoch in range(1, n_epochs + 1):
         t0 = time.perf_counter()
-        losses = model.train_epoch() or {}
+        losses = proc.train_epoch()
         fit_samples.append(time.perf_counter() - t0)
-        probe = copy.deepcopy(model)
-        collected, seconds = validate(probe)
+        probe = proc.fork()  # the pass runs in a copy: nothing it does reaches training
+        collected, seconds = run_pass(probe, 0, valid_end, n_valid_blocks, "valid")
         valid_samples.append(seconds)
         valid_metrics = collected.metrics(_VALID, protocol, [])
         value = valid_metrics.get(selection, math.nan)
         record = {"epoch": epoch, "fit_seconds": fit_samples[-1], "valid_seconds": seconds,
-                  "losses": {k: float(v) for k, v in losses.items()},
-                  "valid": _plain(valid_metrics)}
+                  "losses": losses, "valid": _plain(valid_metrics)}
         epoch_records.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
         if best is None or (not math.isnan(value)
                             and (math.isnan(best[0]) or sign * value > sign * best[0])):
+            if best is not None:
+                best[2].close()
             best = (value, epoch, probe, collected)
-        elif epoch - best[1] >= protocol.patience:
+        else:
+            probe.close()
+        if on_epoch is not None:
+            on_epoch(record)
+        if epoch - best[1] >= protocol.patience:
             notes.append(f"early stop after epoch {epoch}: no better validation {selection} "
                          f"for {protocol.patience} epochs")
             break
@@ -397,11 +582,10 @@ def evaluate(
     if n_epochs and math.isnan(best[0]):
         notes.append(f"validation {selection} was not available: epoch {best[1]} reported")
     _, best_epoch, probe, collected = best
-    with bar(n_eval - valid_end, "test") as pb:
-        t0 = time.perf_counter()
-        rest = _stream(probe, data, protocol, valid_end, n_eval, blocks, pb.update)
-        test_seconds = time.perf_counter() - t0
+    rest, test_seconds = run_pass(probe, valid_end, n_eval, len(blocks) - n_valid_blocks, "test")
     collected.extend(rest)
+    report = probe.report()
+    probe.close()
     eval_seconds = valid_samples[best_epoch - 1 if n_epochs else 0] + test_seconds
     metrics = {name: collected.metrics(code, protocol, notes) for code, name in _SPLIT_NAMES.items()}
     fit_seconds = setup_seconds + sum(fit_samples)
@@ -416,19 +600,21 @@ def evaluate(
         "samples": {"epoch_fit_seconds": fit_samples, "valid_seconds": valid_samples,
                     "test_seconds": [test_seconds]},
     }
-    report = getattr(probe, "fit_report", None)
+    audit = {**collected.audit, "audits_per_pass": protocol.audits, "window": protocol.audit_window}
     return Evaluation(
         _plain(metrics), epoch_records, best_epoch if n_epochs else None, timing, notes,
-        _plain(report) if isinstance(report, dict) else None,
+        _plain(report) if report is not None else None, audit=audit, meta=meta,
     )
 
 
 def replay(model: Model, data: Prepared, protocol: Protocol, max_block: int) -> dict[str, np.ndarray]:
-    """Stream all of ``data.events`` through an already fitted ``model`` and return the raw
-    predictions: ``best``/``worst`` ranks of the ranked events, ``state`` probabilities and
-    ``gap`` predictions, in event order. The conformance checks compare such replays."""
+    """Stream all of ``data.events`` through an already fitted ``model`` in this process (read-only
+    copies of each block, no audits) and return the raw predictions: ``best``/``worst`` ranks of
+    the ranked events, ``state`` probabilities and ``gap`` predictions, in event order. The
+    conformance checks compare such replays."""
     blocks = list(iter_blocks(data.events, max_block))
-    got = _stream(model, data, protocol, 0, len(data.events), blocks, None)
+    local = LocalModel(model)
+    got = _stream(local, data, protocol, type(model).capabilities, 0, len(data.events), blocks, None)
     cat = lambda parts: np.concatenate(parts) if parts else np.empty(0)  # noqa: E731
     return {
         "best": cat(got.best),

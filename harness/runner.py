@@ -130,35 +130,42 @@ def run_one(
                 raise _Stopped(str(exc)) from exc
 
     try:
-        cls = resolve_model(spec.model, spec.plugin)
-        model = build_model(cls, spec.params, spec.model)
-        record["params"] = model.get_params()
-        record["params_changed"] = changed_params(cls, record["params"])
-        record["plugin"] = f"{cls.__module__}:{cls.__qualname__}"
-        dataset, stream = cache.dataset(spec.dataset, spec.progress)
-        protocol = Protocol(**{"session_gap": dataset.session_gap, **spec.protocol})
-        record["protocol"] = protocol.to_dict()
-        check_compatible(cls, protocol.name, spec.model)
-        key = json.dumps([spec.dataset, protocol.to_dict(), data_fraction], sort_keys=True)
-        if key not in cache.prepared:
+        from harness.sandbox import ModelError, ModelProcess, ModelRef
+
+        # The model is imported only in its own process, which never sees the evaluation events.
+        proc = ModelProcess.start(ModelRef(spec.model, spec.plugin, spec.params), threads=spec.threads)
+        with proc:
+            meta = proc.meta
+            record["params"] = meta["params"]
+            record["params_changed"] = meta["params_changed"]
+            record["plugin"] = meta["class"]
+            dataset, stream = cache.dataset(spec.dataset, spec.progress)
+            protocol = Protocol(**{"session_gap": dataset.session_gap, **spec.protocol})
+            record["protocol"] = protocol.to_dict()
+            check_compatible(meta["capabilities"], protocol.name, spec.model)
+            key = json.dumps([spec.dataset, protocol.to_dict(), data_fraction], sort_keys=True)
+            if key not in cache.prepared:
+                if data_fraction is not None:
+                    stream = stream[: max(1, int(round(data_fraction * len(stream))))]
+                cache.prepared[key] = (stream.counts(), prepare(stream, protocol))
+            counts, prepared = cache.prepared[key]
+            record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts}
             if data_fraction is not None:
-                stream = stream[: max(1, int(round(data_fraction * len(stream))))]
-            cache.prepared[key] = (stream.counts(), prepare(stream, protocol))
-        counts, prepared = cache.prepared[key]
-        record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts}
-        if data_fraction is not None:
-            record["dataset"]["prefix_fraction"] = data_fraction
-        result = evaluate(model, prepared, protocol, epochs=spec.epochs, seed=spec.seed,
-                          progress=spec.progress, on_epoch=watch)
+                record["dataset"]["prefix_fraction"] = data_fraction
+            result = evaluate(proc, prepared, protocol, epochs=spec.epochs, seed=spec.seed,
+                              progress=spec.progress, on_epoch=watch)
     except _Stopped as exc:
         last = epochs[-1]["epoch"] if epochs else 0
         return {**record, "status": "pruned", "epochs": epochs,
                 "reason": f"pruned at epoch {last}" + (f": {exc}" if str(exc) else ""),
                 "timing": {"wall_seconds": time.time() - started,
                            "samples": {"epoch_fit_seconds": [e["fit_seconds"] for e in epochs]}}}
+    except ModelError as exc:
+        failed = {**record, "status": "failed", "reason": str(exc), "epochs": epochs}
+        return {**failed, "traceback": exc.traceback} if exc.traceback else failed
     except HarnessError as exc:
         return {**record, "status": "failed", "reason": str(exc), "epochs": epochs}
-    except Exception as exc:  # a model's bug must become a failed record, not a crash
+    except Exception as exc:  # a bug must become a failed record, not a crash
         return {**record, "status": "failed", "reason": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(), "epochs": epochs}
     record.update(
@@ -168,6 +175,7 @@ def run_one(
         best_epoch=result.best_epoch,
         notes=result.notes,
         model_report=result.model_report,
+        audit=result.audit,
         timing={**result.timing, "peak_rss_mb": _peak_rss_mb(), "wall_seconds": time.time() - started},
     )
     return record

@@ -88,8 +88,10 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path, capsys):
         sys.path.remove(str(tmp_path))
     assert code == 1
     statuses = {r["model"]: r["status"] for r in load_records(tmp_path / "r")}
-    assert statuses == {"popularity": "ok", "broken": "failed", "peeking": "ok"}
-    assert "RuntimeError: boom" in capsys.readouterr().err
+    assert statuses == {"popularity": "ok", "broken": "failed", "peeking": "failed"}
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom" in err
+    assert "peeking (seed 0) failed: look-ahead" in err
 
 
 def test_records_are_written_atomically_and_old_versions_refused(tmp_path):

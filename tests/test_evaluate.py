@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toy_models import ConstantReturn, Counts, Recorder, Scripted
+from toy_models import ConstantReturn, Counts, Recorder, Scripted, read_log
 
 from harness.errors import UsageError
 from harness.evaluate import Protocol, check_compatible, evaluate, iter_blocks, prepare
@@ -24,19 +24,19 @@ def skewed_stream(n=2000, n_users=40, n_items=30, seed=0):
                                     (rng.random(n) < 0.05), n_users=n_users, n_items=n_items)
 
 
-def test_index_split_boundaries_and_call_order():
+def test_index_split_boundaries_and_call_order(tmp_path):
     stream = skewed_stream(n=1003)
-    model = Recorder()
-    evaluate(model, stream, Protocol("streaming"))
-    assert model.train_len_ == int(0.8 * 1003)
-    np.testing.assert_array_equal(model.train_t_, stream.t[: int(0.8 * 1003)])
-    seen = [(kind, t) for kind, ts, _ in model.log_ for t in ts]
-    scored = [t for kind, t in seen if kind == "score"]
-    observed = [t for kind, t in seen if kind == "observe"]
+    log = tmp_path / "calls.jsonl"
+    evaluate(Recorder(log=str(log)), stream, Protocol("streaming", audits=0))
+    calls = read_log(log)
+    assert calls[0][0] == "fit"
+    np.testing.assert_array_equal(calls[0][1], stream.t[: int(0.8 * 1003)])
+    scored = [t for kind, ts, _ in calls if kind == "score" for t in ts]
+    observed = [t for kind, ts, _ in calls if kind == "observe" for t in ts]
     np.testing.assert_array_equal(scored, stream.t[int(0.8 * 1003):])
     np.testing.assert_array_equal(observed, stream.t[int(0.8 * 1003):])
     # every block is scored before it is observed, and blocks come in time order
-    kinds = [kind for kind, _, _ in model.log_]
+    kinds = [kind for kind, _, _ in calls[1:]]
     assert kinds == ["score", "observe"] * (len(kinds) // 2)
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pytest
 
 from harness.api import Model
 from harness.cli import main
@@ -27,10 +26,6 @@ class Tilted(Model):
     iterative: ClassVar[bool] = True
     default_epochs: ClassVar[int] = 3
 
-    #: Tests set this to raise KeyboardInterrupt in the n-th ``fit`` of this process (a Ctrl-C).
-    interrupt_at: ClassVar[int | None] = None
-    fits: ClassVar[int] = 0
-
     def __init__(self, *, quality: float = 1.0, decay: float = 0.0, pause: float = 0.0) -> None:
         self.quality = quality
         self.decay = decay
@@ -42,11 +37,16 @@ class Tilted(Model):
                 "decay": trial.suggest_float("decay", 0.0, 0.5)}
 
     def fit(self, train, *, seed=0):
-        cls = type(self)
-        cls.fits += 1
-        if cls.interrupt_at is not None and cls.fits >= cls.interrupt_at:
-            cls.interrupt_at = None
-            raise KeyboardInterrupt
+        # Tests set TILTED_CTRL_C=COUNTER_FILE:N to press Ctrl-C during the N-th fit of a test:
+        # SIGINT to the evaluator's process, which started this model's process.
+        plan = os.environ.get("TILTED_CTRL_C")
+        if plan:
+            counter, n = plan.rsplit(":", 1)
+            fits = int(Path(counter).read_text()) + 1 if Path(counter).exists() else 1
+            Path(counter).write_text(str(fits))
+            if fits == int(n):
+                os.kill(os.getppid(), signal.SIGINT)
+                time.sleep(60)
         self.counts_ = np.bincount(train.item, minlength=train.n_items).astype(float)
         self.epoch_ = 0
 
@@ -95,19 +95,9 @@ def _trial_records(results: Path) -> list[dict[str, Any]]:
     return [r for r in load_records(results) if r.get("tuning")]
 
 
-def _toy() -> type:
-    """The class ``--plugin test_tuning:Tilted`` resolves to (pytest's importlib mode imports
-    this file as another module object, so class attributes must be set on that one)."""
-    from harness.registry import load_object
-
-    return load_object(PLUGIN)
-
-
-@pytest.fixture(autouse=True)
-def _reset_toy():
-    _toy().interrupt_at, _toy().fits = None, 0
-    yield
-    _toy().interrupt_at = None
+def _ctrl_c_at(monkeypatch, tmp_path: Path, n: int) -> None:
+    """Press Ctrl-C during the n-th fit of the toy model in this test."""
+    monkeypatch.setenv("TILTED_CTRL_C", f"{tmp_path / 'fits'}:{n}")
 
 
 # -- tune ------------------------------------------------------------------------------------
@@ -165,9 +155,10 @@ def test_resume_adds_only_the_missing_trials(tmp_path):
     assert len(_study(tmp_path).trials) == 4 and len(_trial_records(tmp_path)) == 4
 
 
-def test_ctrl_c_marks_the_trial_interrupted_and_a_rerun_retries_it(tmp_path):
-    _toy().interrupt_at = 2  # the second trial is stopped by Ctrl-C
+def test_ctrl_c_marks_the_trial_interrupted_and_a_rerun_retries_it(tmp_path, monkeypatch):
+    _ctrl_c_at(monkeypatch, tmp_path, 2)  # the second trial is stopped by Ctrl-C
     assert main(_tune_args(tmp_path, 3)) == 130
+    monkeypatch.delenv("TILTED_CTRL_C")
     trials = _study(tmp_path).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "WAITING"]
     assert trials[1].user_attrs["interrupted"] == "interrupted by Ctrl-C"
@@ -247,9 +238,10 @@ def _grid_args(results: Path, *extra: str) -> list[str]:
             "--quiet", *extra]
 
 
-def test_grid_runs_every_point_once_and_resumes(tmp_path):
-    _toy().interrupt_at = 2  # Ctrl-C during the second run of the toy model
+def test_grid_runs_every_point_once_and_resumes(tmp_path, monkeypatch):
+    _ctrl_c_at(monkeypatch, tmp_path, 2)  # Ctrl-C during the second run of the toy model
     assert main(_grid_args(tmp_path)) == 130
+    monkeypatch.delenv("TILTED_CTRL_C")
     done = len(_trial_records(tmp_path))
     assert 0 < done < 8
     assert main(_grid_args(tmp_path)) == 0

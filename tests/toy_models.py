@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from harness.api import Model
@@ -42,22 +44,34 @@ class Peeking(Counts):
 
 
 class Recorder(Model):
-    """Records the order of calls so that tests can check what the evaluator showed it."""
+    """Scores every item alike. With ``log`` set it appends every call it gets to that file, one
+    JSON line each, from whichever process makes the call, so tests can see what it was shown."""
 
     capabilities = frozenset({"rank"})
     supports_blocks = True
 
+    def __init__(self, *, log: str | None = None) -> None:
+        self.log = log
+
+    def _write(self, kind, stream):
+        if self.log:
+            with open(self.log, "a") as out:
+                out.write(json.dumps([kind, stream.t.tolist(), stream.user.tolist()]) + "\n")
+
     def fit(self, train, *, seed=0):
-        self.train_t_ = train.t.copy()
-        self.train_len_ = len(train)
-        self.log_ = []
+        self._write("fit", train)
 
     def score(self, block):
-        self.log_.append(("score", block.t.copy(), block.user.copy()))
+        self._write("score", block)
         return np.zeros((len(block), block.n_items))
 
     def observe(self, block):
-        self.log_.append(("observe", block.t.copy(), block.user.copy()))
+        self._write("observe", block)
+
+
+def read_log(path) -> list[tuple[str, list[float], list[int]]]:
+    """The calls a :class:`Recorder` wrote."""
+    return [tuple(json.loads(line)) for line in open(path)]
 
 
 class Scripted(Counts):

@@ -1,0 +1,182 @@
+"""The model's own process: ``python -m harness._host FD`` serves one model over socket ``FD``.
+
+Started by :class:`harness.sandbox.ModelProcess`. It imports the model, keeps it, and answers the
+evaluator's requests one at a time; ``fork`` makes a copy of this process that serves a new
+channel (a validation or test pass, or an audit). It holds the training events and the blocks it
+has been asked about, nothing else. Everything here runs beside the model's code, so nothing here
+is trusted: the evaluator checks every answer on its own side.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle
+from typing import Any
+
+import numpy as np
+
+from harness._wire import DTYPES, receive, send
+from harness.errors import HarnessError
+from harness.interactions import Interactions
+from harness.sandbox import _COLUMNS, _die_with_parent, model_meta
+
+
+class _Host:
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.meta: dict[str, Any] = {}
+        self.children: set[int] = set()
+        self.pending_error: dict[str, Any] | None = None
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def load(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        from harness.runner import build_model, resolve_model
+
+        if header.get("pickled"):
+            self.model = pickle.loads(arrays["model"].tobytes())
+            cls = type(self.model)
+        else:
+            cls = resolve_model(header["name"], header.get("plugin"))
+            self.model = build_model(cls, dict(header.get("params") or {}), header["name"])
+        self.meta = model_meta(cls, self.model, header["name"])
+        return {"meta": self.meta}
+
+    def fit(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        self.model.fit(_block(header, arrays), seed=int(header["seed"]))
+        return {}
+
+    def train_epoch(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {"losses": dict(self.model.train_epoch() or {})}
+
+    def report(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        report = getattr(self.model, "fit_report", None)
+        return {"report": report if isinstance(report, dict) else None}
+
+    def score(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
+        return {}, {"scores": _plain_array(self.model.score(_block(header, arrays)), "score")}
+
+    def step(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
+        block = _block(header, arrays)
+        out: dict[str, np.ndarray] = {}
+        if header.get("score"):
+            out["scores"] = _plain_array(self.model.score(block), "score")  # a copy, before observe
+        self.model.observe(block)
+        if header.get("state"):
+            out["state"] = _plain_array(self.model.predict_state(block), "predict_state")
+        ends = arrays.get("ends")
+        if ends is not None:
+            gaps = self.model.predict_return_time(block.user[ends], block.t[ends])
+            out["gap"] = _plain_array(gaps, "predict_return_time")
+        return {}, out
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    def serve(self, conn: Connection) -> None:
+        """Answer requests until ``exit`` or until the evaluator closes the channel."""
+        while True:
+            self._reap()
+            try:
+                header, arrays = receive(conn)
+            except (EOFError, OSError):
+                return
+            op = header.get("op")
+            if op == "exit":
+                return
+            if op == "fork":
+                self._fork(conn)
+                continue
+            reply = header.get("reply", True)
+            if self.pending_error is not None and reply:
+                send(conn, self.pending_error)
+                self.pending_error = None
+                continue
+            try:
+                handler = getattr(self, str(op))
+                result = handler(header, arrays)
+                fields, out = result if isinstance(result, tuple) else (result, {})
+                message: dict[str, Any] = {"ok": True, **fields}
+            except BaseException as exc:  # the model's errors go back as answers
+                message, out = _error(exc), {}
+            if reply:
+                send(conn, message, out)
+            elif not message["ok"]:
+                self.pending_error = message
+
+    def _fork(self, conn: Connection) -> None:
+        fd = recv_handle(conn)
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            self.children.clear()
+            _die_with_parent()
+            _one_thread_after_fork()
+            try:
+                self.serve(Connection(fd))
+            finally:
+                os._exit(0)
+        os.close(fd)
+        self.children.add(pid)
+        send(conn, {"ok": True, "pid": pid})
+
+    def _reap(self) -> None:
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.children.discard(pid)
+
+
+def _block(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Interactions:
+    """The received columns as a stream (the arrays are already owned and read-only)."""
+    n = len(arrays["user"])
+    columns: dict[str, Any] = {name: arrays.get(name) for name in _COLUMNS}
+    if columns["features"] is None:
+        columns["features"] = np.zeros((n, 0), np.float32)
+    return Interactions(**columns, n_users=int(header["n_users"]), n_items=int(header["n_items"]),
+                        name="block")
+
+
+def _plain_array(value: Any, what: str) -> np.ndarray:
+    array = np.array(value, copy=True)
+    if array.dtype.name not in DTYPES:
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"{what}() returned an array of dtype {array.dtype}, not numbers")
+        array = array.astype(np.float64)
+    return array
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    kind = "usage" if isinstance(exc, HarnessError) and not _is_model_error(exc) else "model"
+    message = str(exc) if kind == "usage" else f"{type(exc).__name__}: {exc}"
+    return {"ok": False, "kind": kind, "message": message, "traceback": traceback.format_exc()}
+
+
+def _is_model_error(exc: BaseException) -> bool:
+    from harness.sandbox import ModelError
+
+    return isinstance(exc, ModelError)
+
+
+def _one_thread_after_fork() -> None:
+    """OpenMP thread pools do not survive a fork: a fork computes on one torch thread."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    sys.argv = sys.argv[:1]  # nothing about the run (a dataset path) stays visible
+    _die_with_parent()
+    _Host().serve(Connection(fd))
+
+
+if __name__ == "__main__":
+    main()

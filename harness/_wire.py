@@ -1,0 +1,76 @@
+"""The message format between the evaluator and a model's process.
+
+A message is one JSON header followed by one raw buffer per array it names. Nothing is ever
+unpickled on the evaluator's side: a model's process is untrusted, and a pickle from it could run
+code in the process that holds the truth. Arrays arrive as fresh, read-only arrays that own their
+memory, of a few plain dtypes only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DTYPES", "WireError", "receive", "send"]
+
+#: The only dtypes that cross the boundary.
+DTYPES = frozenset({"float64", "float32", "int64", "int32", "int8", "bool"})
+_MAX_HEADER = 1 << 20
+
+
+class WireError(Exception):
+    """A message that does not follow the format (from a broken or hostile model process)."""
+
+
+def send(conn: Connection, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Send ``header`` (JSON values) and ``arrays`` as one frame: the header's length (4 bytes),
+    the header, then the arrays' bytes."""
+    parts = [np.ascontiguousarray(a) for a in (arrays or {}).values()]
+    if parts:
+        header = {**header, "arrays": [[key, a.dtype.name, list(a.shape)]
+                                       for key, a in zip(arrays or {}, parts)]}
+    head = json.dumps(header, allow_nan=True).encode()
+    conn.send_bytes(b"".join([len(head).to_bytes(4, "little"), head, *(a.tobytes() for a in parts)]))
+
+
+def receive(conn: Connection, max_bytes: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Receive one frame: its header and its arrays (owned, read-only).
+
+    Raises :class:`WireError` for anything that does not follow the format, ``EOFError`` when
+    the other side has gone.
+    """
+    frame = conn.recv_bytes(None if max_bytes is None else max_bytes + _MAX_HEADER)
+    size = int.from_bytes(frame[:4], "little")
+    if len(frame) < 4 or size > _MAX_HEADER or 4 + size > len(frame):
+        raise WireError("a frame is shorter than its header says")
+    try:
+        header = json.loads(frame[4:4 + size])
+    except ValueError as exc:
+        raise WireError(f"a message header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError("a message header is not a JSON object")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 4 + size
+    for entry in header.pop("arrays", []):
+        try:
+            key, dtype, shape = entry
+            shape = tuple(int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise WireError(f"malformed array entry {entry!r}") from None
+        if dtype not in DTYPES or any(s < 0 for s in shape):
+            raise WireError(f"array {key!r}: dtype {dtype!r} or shape {shape} is not allowed")
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if offset + nbytes > len(frame):
+            raise WireError(f"array {key!r}: the frame ends before its {nbytes} bytes")
+        array = np.frombuffer(frame, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+        array = array.copy()  # owns its memory
+        array.flags.writeable = False
+        arrays[str(key)] = array
+        offset += nbytes
+    if offset != len(frame):
+        raise WireError(f"a frame has {len(frame) - offset} bytes after its last array")
+    return header, arrays

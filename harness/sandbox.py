@@ -1,0 +1,325 @@
+"""Models run in a process of their own that never holds an event before it is asked about it.
+
+The evaluator's process holds the stream and the truth; it never imports a model's code when the
+model is given by name. :meth:`ModelProcess.start` starts a fresh interpreter (``harness._host``)
+that imports the model, gets the training events for ``fit``, and afterwards only the blocks the
+evaluator asks it to predict, one at a time. A pass over validation or test events runs in a fork
+of that process (:meth:`ModelProcess.fork`), so whatever a pass does, module globals included, is
+gone when training resumes. Every array crossing the boundary is a read-only copy that owns its
+memory; replies are JSON and raw arrays, never pickles.
+
+:class:`LocalModel` offers the same calls on a model object in this process (the conformance
+checks use it; it is not isolated).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import send_handle
+from typing import Any
+
+import numpy as np
+
+from harness._wire import WireError, receive, send
+from harness.errors import HarnessError, UsageError
+from harness.interactions import Interactions
+
+__all__ = ["LocalModel", "ModelError", "ModelProcess", "ModelRef", "Step", "block_arrays", "readonly"]
+
+_COLUMNS = ("user", "item", "t", "label", "features", "session", "visit")
+
+
+class ModelError(HarnessError):
+    """A model's code failed, or its process broke the protocol; the run is ``failed``."""
+
+    def __init__(self, message: str, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model named as the command line names it: resolved inside the model's process only."""
+
+    name: str
+    plugin: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Step:
+    """What a model returned for one block: scores before the block, states and gaps after."""
+
+    scores: np.ndarray | None = None
+    state: np.ndarray | None = None
+    gap: np.ndarray | None = None
+
+
+def block_arrays(block: Interactions) -> dict[str, np.ndarray]:
+    """The columns of a block, as the wire sends them."""
+    out = {name: getattr(block, name) for name in _COLUMNS}
+    return {k: v for k, v in out.items() if v is not None and (k != "features" or v.shape[1])}
+
+
+def readonly(stream: Interactions) -> Interactions:
+    """A copy of ``stream`` whose arrays own their memory and cannot be written."""
+
+    def own(array: np.ndarray | None) -> np.ndarray | None:
+        if array is None:
+            return None
+        out = np.array(array, copy=True)
+        out.flags.writeable = False
+        return out
+
+    columns: dict[str, Any] = {name: own(getattr(stream, name)) for name in _COLUMNS}
+    return replace(stream, **columns)
+
+
+def model_meta(cls: Any, model: Any, name: str) -> dict[str, Any]:
+    """What the evaluator needs to know of a model, as JSON values."""
+    from harness.runner import changed_params
+
+    params = model.get_params()
+    return {
+        "name": name,
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "capabilities": sorted(cls.capabilities),
+        "supports_blocks": bool(cls.supports_blocks),
+        "iterative": bool(cls.iterative),
+        "default_epochs": int(cls.default_epochs),
+        "params": params,
+        "params_changed": changed_params(cls, params),
+    }
+
+
+class LocalModel:
+    """A model object in this process, behind the calls of :class:`ModelProcess` (not isolated:
+    for conformance checks on small streams). Blocks are handed over as read-only copies."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.meta = model_meta(type(model), model, type(model).__name__)
+
+    def step(self, block: Interactions, *, score: bool, state: bool = False,
+             ends: np.ndarray | None = None, reply: bool = True) -> Step:
+        block = readonly(block)
+        out = Step()
+        if score:
+            out.scores = np.array(self.model.score(block), copy=True)
+        self.model.observe(block)
+        if state:
+            out.state = np.array(self.model.predict_state(block), copy=True)
+        if ends is not None and ends.any():
+            out.gap = np.array(self.model.predict_return_time(block.user[ends], block.t[ends]),
+                               copy=True)
+        return out
+
+    def score(self, block: Interactions) -> np.ndarray:
+        return np.array(self.model.score(readonly(block)), copy=True)
+
+    def fork(self) -> LocalModel:
+        return LocalModel(copy.deepcopy(self.model))
+
+    def close(self) -> None:
+        pass
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class ModelProcess:
+    """A model in a process of its own (see the module docstring).
+
+    Start one with :meth:`start`; every method sends one request and waits for the answer.
+    Errors of the model's code come back as :class:`ModelError` (or :class:`UsageError` for the
+    model's own usage errors); a process that dies or breaks the format, as :class:`ModelError`.
+    """
+
+    def __init__(self, conn: Connection, meta: dict[str, Any], group: int, max_bytes: int) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn = conn
+        self.meta = meta
+        self._group = group
+        self._max_bytes = max_bytes
+        self.forks = 0
+
+    # -- life cycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, model: Any, *, threads: int | None = None, max_bytes: int = 1 << 31) -> ModelProcess:
+        """Start a fresh process for ``model``: a :class:`ModelRef` (resolved over there) or an
+        unfitted model object (pickled; its class must be importable by a fresh interpreter)."""
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        env.setdefault("PYTHONHASHSEED", "0")
+        if threads:
+            for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[name] = str(threads)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "harness._host", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self = cls(Connection(ours.detach()), {}, process.pid, max_bytes)
+        self._process = process
+        header: dict[str, Any]
+        if isinstance(model, ModelRef):
+            header = {"op": "load", "name": model.name, "plugin": model.plugin, "params": model.params}
+            arrays = None
+        else:
+            header = {"op": "load", "name": type(model).__name__, "pickled": True}
+            arrays = {"model": np.frombuffer(_pickle_model(model), np.int8)}
+        try:
+            self.meta = self._call(header, arrays)[0]["meta"]
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def fork(self) -> ModelProcess:
+        """A copy of this process in its current state (a new process; this one is unchanged)."""
+        ours, theirs = socket.socketpair()
+        try:
+            send(self._conn, {"op": "fork"})
+            send_handle(self._conn, theirs.fileno(), self._group)
+        except OSError as exc:
+            raise ModelError(f"the model process has gone ({exc})") from None
+        finally:
+            theirs.close()
+        child = ModelProcess(Connection(ours.detach()), self.meta, self._group, self._max_bytes)
+        self._answer()
+        self.forks += 1
+        return child
+
+    def close(self) -> None:
+        """End this process (a fork ends on its own when its channel closes)."""
+        try:
+            send(self._conn, {"op": "exit"})
+        except OSError:
+            pass
+        self._conn.close()
+
+    def shutdown(self) -> None:
+        """End the model's process and every fork of it."""
+        self.close()
+        try:
+            os.killpg(self._group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process = self._process
+        if process is not None:
+            process.wait()
+
+    def __enter__(self) -> ModelProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # -- the model's calls -----------------------------------------------------------------------
+
+    def fit(self, train: Interactions, *, seed: int = 0) -> None:
+        self._call({"op": "fit", "seed": int(seed), **_sizes(train)}, block_arrays(train))
+
+    def train_epoch(self) -> dict[str, float]:
+        losses = self._call({"op": "train_epoch"})[0].get("losses") or {}
+        if not isinstance(losses, dict):
+            raise ModelError(f"train_epoch() must return a dict of losses, got {losses!r}")
+        try:
+            return {str(k): float(v) for k, v in losses.items()}
+        except (TypeError, ValueError):
+            raise ModelError(f"train_epoch() must return numbers as losses, got {losses!r}") from None
+
+    def step(self, block: Interactions, *, score: bool, state: bool = False,
+             ends: np.ndarray | None = None, reply: bool = True) -> Step:
+        """Score the block (if ``score``), then observe it, then predict states and the return
+        times of the users whose visits end at ``ends``. Without ``reply`` nothing comes back
+        (an error surfaces at the next call)."""
+        header = {"op": "step", "score": score, "state": state, "reply": reply, **_sizes(block)}
+        arrays = block_arrays(block)
+        if ends is not None and ends.any():
+            arrays["ends"] = ends
+        if not reply:
+            self._send(header, arrays)
+            return Step()
+        _, got = self._call(header, arrays)
+        return Step(got.get("scores"), got.get("state"), got.get("gap"))
+
+    def score(self, block: Interactions) -> np.ndarray:
+        """Scores of the block without observing it."""
+        _, got = self._call({"op": "score", **_sizes(block)}, block_arrays(block))
+        if "scores" not in got:
+            raise ModelError("the model process answered a score request without scores")
+        return got["scores"]
+
+    def report(self) -> dict[str, Any] | None:
+        """The model's ``fit_report`` attribute, when it has one."""
+        report = self._call({"op": "report"})[0].get("report")
+        return report if isinstance(report, dict) else None
+
+    # -- transport -------------------------------------------------------------------------------
+
+    def _send(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+        try:
+            send(self._conn, header, arrays)
+        except OSError as exc:
+            raise ModelError(f"the model process has gone ({exc})") from None
+
+    def _answer(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        try:
+            header, arrays = receive(self._conn, self._max_bytes)
+        except (EOFError, OSError):
+            raise ModelError(f"the model process died{self._exit_note()}") from None
+        except WireError as exc:
+            raise ModelError(f"the model process broke the message format: {exc}") from None
+        if header.get("ok") is True:
+            return header, arrays
+        message = str(header.get("message", "no reason given"))
+        if header.get("kind") == "usage":
+            raise UsageError(message)
+        raise ModelError(message, header.get("traceback"))
+
+    def _call(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
+              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        self._send(header, arrays)
+        return self._answer()
+
+    def _exit_note(self) -> str:
+        process = self._process
+        if process is None or process.poll() is None:
+            return ""
+        code = process.returncode
+        return f" (killed by signal {-code})" if code < 0 else f" (exit status {code})"
+
+
+def _sizes(stream: Interactions) -> dict[str, int]:
+    return {"n_users": int(stream.n_users), "n_items": int(stream.n_items)}
+
+
+def _pickle_model(model: Any) -> bytes:
+    module = type(model).__module__
+    if module == "__main__":
+        raise UsageError(
+            f"{type(model).__name__} is defined in __main__, which the model's own process cannot "
+            "import; define it in a module (a file on the Python path) and import it from there"
+        )
+    try:
+        return pickle.dumps(model)
+    except Exception as exc:
+        raise UsageError(f"cannot hand {type(model).__name__} to its own process: {exc}") from None
