@@ -139,6 +139,7 @@ def _block(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Interaction
     columns: dict[str, Any] = {name: arrays.get(name) for name in _COLUMNS}
     if columns["features"] is None:
         columns["features"] = np.zeros((n, 0), np.float32)
+        columns["features"].flags.writeable = False
     return Interactions(**columns, n_users=int(header["n_users"]), n_items=int(header["n_items"]),
                         name="block")
 

@@ -181,24 +181,20 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness.runner import build_model, resolve_model
-    from harness.testing import CHECKS, applicable_checks
+    from harness.testing import CHECKS, applicable_checks, run_check
 
     cls = resolve_model(args.model, args.plugin)
     params = {key: value for model, key, value in args.param if model == args.model}
     model = build_model(cls, params, args.model)
-    names = applicable_checks(model)
-    failed = 0
-    for name in names:
-        try:
-            CHECKS[name](model)
-        except AssertionError as exc:
-            failed += 1
-            print(f"FAIL  {name}: {exc}")
-        else:
-            print(f"ok    {name}")
-    skipped = sorted(set(CHECKS) - set(names))
-    print(f"{len(names) - failed} passed, {failed} failed" + (f", {len(skipped)} skipped" if skipped else ""))
-    return 1 if failed or not names else 0
+    results = {}
+    for name in applicable_checks(model):
+        results[name] = reason = run_check(model, name)
+        print(f"FAIL  {name}: {reason}" if reason else f"PASS  {name}", flush=True)
+    failed = sum(reason is not None for reason in results.values())
+    skipped = sorted(set(CHECKS) - set(results))
+    print(f"{len(results) - failed} passed, {failed} failed"
+          + (f", {len(skipped)} skipped" if skipped else ""))
+    return 1 if failed or not results else 0
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "validate": cmd_validate}

@@ -423,14 +423,14 @@ def _stream(
                                      state=want_state)
                     if label_clone is not None:
                         alt_label = label_clone.step(_altered(block, j, auditor.rng, True),
-                                                     score=False, state=True)
+                                                     score=score, state=True)
                         label_clone.close()
                     clone.close()
                     clone = None
                 else:
-                    clone.step(block, score=False, reply=False)
-            elif clone is not None:
-                clone.step(block, score=False, reply=False)
+                    clone.step(block, score=score, state=want_state, ends=ends, reply=False)
+            elif clone is not None:  # the same calls as the pass, so only the alteration differs
+                clone.step(block, score=score, state=want_state, ends=ends, reply=False)
             first_scores = proc.score(block) if score and k == twice_at else None
             got = proc.step(block, score=score, state=want_state, ends=ends)
             out.model_seconds += clock() - tic
@@ -447,6 +447,7 @@ def _stream(
                 _compare(got.state, alt.state, j, int(index[j]),
                          "look-ahead: a state prediction depends on a later event")
                 if alt_label is not None:
+                    _compare(got.scores, alt_label.scores, j + 1, int(index[j]), why)
                     _compare(got.state, alt_label.state, j + 1, int(index[j]),
                              "look-ahead: a state prediction depends on its own event's label")
                 out.audit["lookahead_blocks"] += 1
@@ -491,6 +492,8 @@ def evaluate(
     """
     if isinstance(model, ModelProcess):
         return _evaluate(model, stream, protocol, epochs, seed, progress, on_epoch)
+    if isinstance(model, Model):  # before a process is started for it
+        check_compatible(type(model), (protocol or Protocol()).name)
     with ModelProcess.start(model, threads=threads) as proc:
         return _evaluate(proc, stream, protocol, epochs, seed, progress, on_epoch)
 

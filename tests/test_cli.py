@@ -128,7 +128,7 @@ def test_timeout_is_recorded_as_such(tmp_path):
 def test_validate_runs_the_conformance_suite(capsys):
     assert main(["validate", "--model", "popularity"]) == 0
     out = capsys.readouterr().out
-    assert "ok    no_lookahead" in out and "ok    block_equals_single" in out
+    assert "PASS  no_lookahead" in out and "PASS  block_equals_single" in out
     assert "7 passed, 0 failed" in out
 
 

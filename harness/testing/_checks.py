@@ -13,6 +13,7 @@ import numpy as np
 from harness.api import Model
 from harness.evaluate import Prepared, Protocol, check_compatible, iter_blocks, prepare, replay
 from harness.interactions import Interactions
+from harness.sandbox import readonly
 
 
 def random_stream(
@@ -73,9 +74,11 @@ def _fitted(model: Model, data: Prepared, seed: int = 0, epochs: int = 1) -> Mod
 
 
 def _data(model: Model, stream: Interactions | None = None) -> tuple[Prepared, Protocol]:
+    """The protocol's parts of a conformance stream, read-only as the harness hands them out."""
     protocol = _protocol_for(model)
     check_compatible(type(model), protocol.name)
-    return prepare(stream if stream is not None else random_stream(), protocol), protocol
+    data = prepare(stream if stream is not None else random_stream(), protocol)
+    return replace(data, train=readonly(data.train), events=readonly(data.events)), protocol
 
 
 def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], what: str) -> None:
@@ -104,7 +107,8 @@ def check_params_round_trip(model: Model) -> None:
 
 
 def check_predictions_shape(model: Model) -> None:
-    """Scores are ``(len(block), n_items)``; states are probabilities; gaps are finite, >= 0."""
+    """Scores are finite and ``(len(block), n_items)``; states are probabilities; gaps are
+    finite and >= 0."""
     data, protocol = _data(model)
     fitted = _fitted(model, data)
     block = data.events[:1]
@@ -114,6 +118,9 @@ def check_predictions_shape(model: Model) -> None:
         expected = (1, data.events.n_items)
         if scores.shape != expected:
             raise AssertionError(f"score returned shape {scores.shape}, expected {expected}")
+        if not np.isfinite(scores).all():
+            bad = int((~np.isfinite(scores)).sum())
+            raise AssertionError(f"score returned NaN or infinity for {bad} of {scores.size} items")
     fitted.observe(block)
     if "state" in caps:
         probs = np.asarray(fitted.predict_state(block))
@@ -251,6 +258,43 @@ def check_finite_for_unseen(model: Model) -> None:
             raise AssertionError("predict_return_time() is not finite for a user never seen")
 
 
+def check_passes_leave_nothing(model: Model) -> None:
+    """Two passes over the same events from the same fitted state give the same predictions:
+    nothing a pass does (module globals included) reaches the next one. The harness forks the
+    model's process per pass, so such state never helps in a run; this check names it."""
+    data, protocol = _data(model, random_stream(seed=7))  # events no other check has shown it
+    fitted = _fitted(model, data)
+    first = replay(copy.deepcopy(fitted), data, protocol, max_block=1)
+    second = replay(copy.deepcopy(fitted), data, protocol, max_block=1)
+    _assert_same(first, second, "a second pass over the same events, from the same fitted model "
+                 "(state kept outside the model object, such as module globals, between passes?)")
+
+
+def realistic_stream(seed: int = 0, n_events: int = 20_000) -> Interactions:
+    """A stream with a real dataset's catalogue: Wikipedia's 1,000 items and a few thousand users
+    (the synthetic generator's Wikipedia preset, shortened, four features)."""
+    from harness.data.synthetic import PRESETS, generate
+
+    config = replace(PRESETS["wikipedia"], n_users=2_000, n_events=n_events, n_features=4)
+    return generate(config, seed=seed, name="conformance-realistic")
+
+
+def check_audited_run(model: Model) -> None:
+    """A whole run as ``harness run`` makes it, on a stream of a real dataset's size: the model in
+    its own process, one epoch, every pass audited densely. Look-ahead, state changed by
+    ``score``, non-finite or wrongly shaped predictions fail it."""
+    from harness.errors import HarnessError
+    from harness.evaluate import evaluate
+
+    caps = type(model).capabilities
+    name = "streaming" if "rank" in caps else "state" if "state" in caps else "sessions"
+    protocol = Protocol(name, audits=64, audit_window=16)
+    try:
+        evaluate(_clone(model), realistic_stream(), protocol, epochs=1)
+    except HarnessError as exc:
+        raise AssertionError(f"the audited run failed: {exc}") from exc
+
+
 CHECKS: dict[str, Callable[[Model], None]] = {
     "params_round_trip": check_params_round_trip,
     "predictions_shape": check_predictions_shape,
@@ -259,6 +303,8 @@ CHECKS: dict[str, Callable[[Model], None]] = {
     "seed_determinism": check_seed_determinism,
     "pickle_round_trip": check_pickle_round_trip,
     "finite_for_unseen": check_finite_for_unseen,
+    "passes_leave_nothing": check_passes_leave_nothing,
+    "audited_run": check_audited_run,
 }
 
 
@@ -270,15 +316,30 @@ def applicable_checks(model: Model) -> list[str]:
     return names
 
 
+def run_check(model: Model, name: str) -> str | None:
+    """Run one check: ``None`` when it passes, else the reason in one line (a model's own
+    exception is a failure too, never a traceback)."""
+    try:
+        CHECKS[name](model)
+    except AssertionError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def run_checks(model: Model) -> dict[str, str | None]:
+    """Run every applicable check, whatever happens in each: ``{name: None or reason}``."""
+    return {name: run_check(model, name) for name in applicable_checks(model)}
+
+
 def check_model(model: Model) -> list[str]:
-    """Run every applicable check; return their names. Raises AssertionError on the first
-    failure, and when no check applies (a run that checks nothing must not pass)."""
-    names = applicable_checks(model)
-    if not names:
+    """Run every applicable check; return their names. Raises AssertionError naming every
+    failed check, and when no check applies (a run that checks nothing must not pass)."""
+    results = run_checks(model)
+    if not results:
         raise AssertionError(f"no conformance check applies to {type(model).__name__}")
-    for name in names:
-        try:
-            CHECKS[name](model)
-        except AssertionError as exc:
-            raise AssertionError(f"{name}: {exc}") from exc
-    return names
+    failed = [f"{name}: {reason}" for name, reason in results.items() if reason is not None]
+    if failed:
+        raise AssertionError("; ".join(failed))
+    return list(results)

@@ -39,3 +39,9 @@ class ModelConformance:
 
     def test_finite_for_unseen(self, model):
         self._run(model, "finite_for_unseen")
+
+    def test_passes_leave_nothing(self, model):
+        self._run(model, "passes_leave_nothing")
+
+    def test_audited_run(self, model):
+        self._run(model, "audited_run")

@@ -1,0 +1,139 @@
+"""Evaluation integrity: no model sees an event before it is asked to predict it (issue 10).
+
+Each way in has a dishonest model in ``dishonest_models``; each is failed by ``harness run`` with
+a one-line reason (or, where the harness takes the cheat's means away, gets exactly the numbers
+of the honest model it is built on), and by ``harness validate``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from dishonest_models import SEEN, Drifting, Probe, _largest_time_in_process
+
+from harness.cli import main
+from harness.data import open_dataset
+from harness.evaluate import AuditFailure, Protocol, evaluate, prepare
+from harness.records import load_records
+
+WIKIPEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia.csv"
+needs_wikipedia = pytest.mark.skipif(not WIKIPEDIA.exists(), reason=f"{WIKIPEDIA} is not there")
+
+
+def _run(tmp_path: Path, plugin: str, *extra: str) -> dict:
+    """``harness run`` of one dishonest model on the real Wikipedia stream; its record."""
+    out = tmp_path / "results"
+    main(["run", "--plugin", f"dishonest_models:{plugin}", "--models", plugin.lower(), "--dataset",
+          str(WIKIPEDIA), "--results", str(out), "--in-process", "--quiet", *extra])
+    (record,) = load_records(out)
+    return record
+
+
+def _honest(tmp_path: Path, *extra: str) -> dict:
+    return _run(tmp_path / "honest", "Counts", *extra)
+
+
+def _validate(plugin: str, capsys) -> tuple[int, str]:
+    code = main(["validate", "--plugin", f"dishonest_models:{plugin}", "--model", plugin.lower()])
+    return code, capsys.readouterr().out
+
+
+@needs_wikipedia
+@pytest.mark.parametrize("plugin", ["GcSnoop", "StackSnoop", "ArgvSnoop", "BaseWalker", "Chameleon"])
+def test_a_model_that_reads_the_event_it_predicts_fails_the_run(tmp_path, monkeypatch, plugin):
+    # the command line as a user would type it (ArgvSnoop looks for the path there)
+    monkeypatch.setattr(sys, "argv", ["harness", "run", "--dataset", str(WIKIPEDIA)])
+    record = _run(tmp_path, plugin)
+    assert record["status"] == "failed"
+    assert record["reason"].startswith("look-ahead: a score row depends on its own or a later event")
+    assert " at event " in record["reason"] and "\n" not in record["reason"]
+
+
+@needs_wikipedia
+def test_a_model_that_overwrites_the_truth_fails_and_a_sneaky_one_changes_nothing(tmp_path):
+    record = _run(tmp_path, "Overwriter")
+    assert record["status"] == "failed" and "read-only" in record["reason"]
+    # past the read-only flag it overwrites its own copy: the ranks come from the evaluator's
+    # truth (had the overwrite reached it, every guess would rank first: MRR 1.0)
+    sneaky = _run(tmp_path / "s", "SneakyOverwriter")
+    assert sneaky["status"] == "ok"
+    assert sneaky["metrics"]["test"]["mrr"] < 0.2 and sneaky["metrics"]["test"]["recall@1"] < 0.2
+
+
+@needs_wikipedia
+def test_module_globals_do_not_survive_a_validation_pass(tmp_path):
+    record = _run(tmp_path, "Rememberer", "--epochs", "3")
+    honest = _honest(tmp_path)
+    assert record["status"] == "ok"
+    # in-process deep copies let epoch 2 answer from epoch 1's pass (validation MRR 1.0)
+    curve = [e["valid"]["mrr"] for e in record["epochs"]]
+    assert curve == [honest["metrics"]["valid"]["mrr"]] * 3
+    # test continues the best pass, so what it remembers there is the past: a valid event can
+    # share a user and a timestamp with a test event (a tiny, honest difference)
+    assert record["metrics"]["test"]["mrr"] == pytest.approx(honest["metrics"]["test"]["mrr"], rel=1e-6)
+
+
+@needs_wikipedia
+@pytest.mark.parametrize("plugin, reason", [("NaNScores", "score() returned NaN or infinity at event "),
+                                            ("WrongShape", "score() returned shape (")])
+def test_nan_and_wrong_shapes_fail_the_run(tmp_path, plugin, reason):
+    record = _run(tmp_path, plugin)
+    assert record["status"] == "failed" and record["reason"].startswith(reason)
+
+
+@needs_wikipedia
+def test_honest_runs_record_their_audits(tmp_path):
+    record = _honest(tmp_path)
+    audit = record["audit"]
+    assert record["status"] == "ok"
+    assert audit["lookahead_blocks"] == audit["twice_blocks"] == 2 * 16  # valid and test passes
+    assert audit["lookahead_rows"] >= audit["lookahead_blocks"] and audit["forks"] > 2
+
+
+@pytest.mark.parametrize("plugin, check", [
+    ("GcSnoop", "audited_run"), ("StackSnoop", "audited_run"), ("BaseWalker", "no_lookahead"),
+    ("ArgvSnoop", "audited_run"), ("Chameleon", "audited_run"), ("Overwriter", "predictions_shape"),
+    ("Rememberer", "passes_leave_nothing"), ("NaNScores", "predictions_shape"),
+    ("WrongShape", "predictions_shape"),
+])
+def test_validate_fails_every_dishonest_model_with_one_line_per_check(plugin, check, capsys):
+    SEEN.clear()
+    code, out = _validate(plugin, capsys)
+    assert code == 1 and "Traceback" not in out
+    lines = out.strip().splitlines()
+    assert any(line.startswith(f"FAIL  {check}: ") for line in lines), out
+    assert all(line.startswith(("PASS  ", "FAIL  ")) for line in lines[:-1])
+    import dishonest_models
+
+    from harness.testing import applicable_checks
+
+    assert len(lines) - 1 == len(applicable_checks(getattr(dishonest_models, plugin)()))
+    assert lines[-1].endswith("failed")
+
+
+def test_validate_passes_the_honest_model(capsys):
+    code, out = _validate("Counts", capsys)
+    assert code == 0 and "FAIL" not in out and "PASS  audited_run" in out
+
+
+def test_the_model_process_holds_only_what_it_was_asked_about():
+    stream = open_dataset(str(WIKIPEDIA) if WIKIPEDIA.exists() else "synthetic").load()
+    protocol = Protocol("streaming")
+    data = prepare(stream, protocol)
+    # control: this process holds the whole stream, so a snooping model here would find the future
+    assert _largest_time_in_process() >= float(stream.t[-1])
+    report = evaluate(Probe(), data, protocol).model_report
+    assert report is not None and report["blocks"] > 1000
+    assert report["fit_max_t"] == report["train_max_t"] < float(data.events.t[0])
+    assert report["beyond_block"] <= 0  # nothing later than the block being asked about
+    assert report["views"] == 0 and report["writeable"] == 0
+    assert not any(str(WIKIPEDIA) in arg or arg.endswith(".csv") for arg in report["argv"])
+
+
+def test_a_score_that_changes_the_state_fails_the_twice_audit():
+    from harness.testing import realistic_stream
+
+    with pytest.raises(AuditFailure, match="scoring the same block twice gave different rows"):
+        evaluate(Drifting(), realistic_stream(n_events=6000), Protocol(audits=4))
