@@ -2,13 +2,15 @@
 
 Written from the papers (ICLR 2016, "Session-based recommendations with recurrent neural
 networks"; CIKM 2018, "Recurrent neural networks with top-k gains for session-based
-recommendations") and the published description of the official code: session-parallel
+recommendations") and checked against the author's official code (``hidasib/GRU4Rec_PyTorch_Official``,
+``gru4rec_pytorch.py``; ``hidasib/GRU4Rec``, the Theano original): session-parallel
 mini-batches, one gradient step per mini-batch step with the hidden state carried (detached)
 from step to step, scores ``h W_y^T + b_y`` restricted in training to the mini-batch's targets
-plus shared popularity-sampled negatives, cross-entropy / BPR-max / TOP1-max losses, optional
-logQ correction, constrained (shared input/output) embeddings, dropout on the input embedding
-and on the hidden state, and Adagrad with momentum that touches only the rows of the item tables
-used by a step.
+plus shared popularity-sampled negatives, cross-entropy / BPR-max (on ELU-transformed scores) /
+TOP1-max losses summed over the rows and divided by the batch size, optional logQ correction by
+the log of raw training counts, constrained (shared input/output) embeddings, dropout on the
+input embedding (on the first GRU layer's output in one-hot mode) and on the hidden state, and
+Adagrad with momentum that touches only the rows of the item tables used by a step.
 """
 
 from __future__ import annotations
@@ -56,35 +58,53 @@ def _uniform(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
 class GRU4Rec(Model):
     """GRU4Rec with session-parallel mini-batches and sampled-softmax / BPR-max training.
 
+    The defaults are those of the official PyTorch code's ``GRU4Rec`` constructor unless noted
+    ("PyTorch default" below); the training objective of every step is the loss summed over the
+    step's rows divided by ``batch_size``, as in both official versions.
+
     Parameters
     ----------
     hidden_size, layers:
-        Units per GRU layer and the number of stacked layers.
+        Units per GRU layer and the number of stacked layers (PyTorch default ``layers=[100]``).
     embedding_size:
         Size of a separate input item embedding; ``0`` feeds the item as a one-hot vector (as
-        the original, implemented as a row lookup of the input weights). Ignored when
-        ``constrained_embedding`` is set.
+        the original, implemented as a row lookup of the first GRU layer's input weights).
+        Ignored when ``constrained_embedding`` is set. PyTorch default ``embedding=0``.
     constrained_embedding:
-        Use the output item embeddings ``W_y`` as the input embeddings (the official default).
+        Use the output item embeddings ``W_y`` as the input embeddings (PyTorch default True).
     loss:
-        ``"cross-entropy"`` (softmax over the mini-batch targets and the samples), ``"bpr-max"``
-        or ``"top1-max"``.
+        ``"cross-entropy"`` (softmax over the mini-batch targets and the samples; PyTorch
+        default), ``"bpr-max"`` or ``"top1-max"`` (the latter only in the Theano original).
     batch_size:
-        Number of sessions trained in parallel.
+        Number of sessions trained in parallel; also the divisor of each step's summed loss
+        (both official versions divide by the configured batch size, also on the last steps of
+        an epoch when fewer sessions are left). Default 32, the Theano original's default (the
+        PyTorch code's is 64).
     learning_rate, momentum:
-        Adagrad step size and momentum (applied to the touched rows of item tables).
+        Adagrad step size and momentum (applied to the touched rows of item tables); PyTorch
+        defaults 0.05 and 0.
     dropout_embedding, dropout_hidden:
-        Dropout rates on the input embedding (on a one-hot input: the whole input) and on the
-        output of every GRU layer.
+        Dropout rates (PyTorch's ``dropout_p_embed`` and ``dropout_p_hidden``, defaults 0) on
+        the input embedding and on the output of every GRU layer. In one-hot mode
+        (``constrained_embedding=False, embedding_size=0``) the first GRU layer plays the
+        embedding's part: ``dropout_embedding`` applies to its output (which is also the state
+        it carries) and ``dropout_hidden`` to the layers above it, as in the official PyTorch
+        code (the Theano original applies ``dropout_hidden`` there).
     n_sample, sample_alpha:
         Extra negatives shared by the mini-batch, drawn with probability ``popularity **
-        sample_alpha`` from the training items; ``0`` uses the other targets only.
+        sample_alpha`` from the training items; ``0`` uses the other targets only. PyTorch
+        defaults 2048 and 0.5.
     logq:
-        Weight of the logQ correction of the cross-entropy: each column's score is lowered by
-        ``logq * log q`` with ``q`` the probability that the item enters as a negative (its
-        training frequency for mini-batch targets, the sampling probability for samples).
+        Weight of the logQ correction of the cross-entropy (PyTorch default 0): as in both
+        official versions, a mini-batch target's column is lowered by ``logq * log c`` and a
+        sampled column by ``logq * sample_alpha * log c``, with ``c`` the item's raw count in
+        the training data (not a normalised probability).
     bpreg:
-        Weight of BPR-max's score regulariser.
+        Weight of BPR-max's score regulariser (PyTorch default 1.0).
+    elu_param:
+        BPR-max scores its columns after ``elu(scores, elu_param)``; ``0`` uses the raw scores.
+        PyTorch default 0.5 (the author's published BPR-max configurations use 0.5 and 1).
+        Not used by the other losses (PyTorch applies it in BPR-max only).
     session_gap:
         On streams without session ids: seconds of inactivity that end a session (the hidden
         state is reset). ``None`` carries a user's state over all of their events. Sessionized
@@ -113,6 +133,7 @@ class GRU4Rec(Model):
         sample_alpha: float = 0.5,
         logq: float = 0.0,
         bpreg: float = 1.0,
+        elu_param: float = 0.5,
         session_gap: float | None = None,
     ) -> None:
         self.hidden_size = hidden_size
@@ -129,11 +150,13 @@ class GRU4Rec(Model):
         self.sample_alpha = sample_alpha
         self.logq = logq
         self.bpreg = bpreg
+        self.elu_param = elu_param
         self.session_gap = session_gap
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
-        """Ranges around the published configurations (hidden 100-480, batch 32-128)."""
+        """Ranges around the published configurations (hidden 100-480, batch 32-128); for
+        BPR-max, ``bpreg`` and ``elu_param`` as in the official BPR-max parameter space."""
         loss = trial.suggest_categorical("loss", ["cross-entropy", "bpr-max"])
         params: dict[str, Any] = {
             "loss": loss,
@@ -152,6 +175,7 @@ class GRU4Rec(Model):
             params["logq"] = trial.suggest_categorical("logq", [0.0, 1.0])
         else:
             params["bpreg"] = trial.suggest_float("bpreg", 0.0, 2.0)
+            params["elu_param"] = trial.suggest_categorical("elu_param", [0.5, 1.0, 0.0])
         return params
 
     # -- parameters ---------------------------------------------------------------------------
@@ -178,7 +202,7 @@ class GRU4Rec(Model):
         for name in ("dropout_embedding", "dropout_hidden"):
             if not 0 <= getattr(self, name) < 1:
                 fail(name, "must lie in [0, 1)")
-        for name in ("sample_alpha", "logq", "bpreg"):
+        for name in ("sample_alpha", "logq", "bpreg", "elu_param"):
             if not getattr(self, name) >= 0:
                 fail(name, "must be >= 0")
         if self.session_gap is not None and not self.session_gap > 0:
@@ -205,11 +229,9 @@ class GRU4Rec(Model):
         weights = np.where(pop > 0, pop, 0.0) ** self.sample_alpha * (pop > 0)
         total = weights.sum()
         self._sample_cdf = np.cumsum(weights / total) if total > 0 else np.zeros(n_items)
-        tiny = np.finfo(np.float64).tiny
-        data_prob = pop / max(pop.sum(), 1.0)
-        self._log_data_prob = np.log(np.maximum(data_prob, tiny)).astype(np.float32)
-        self._log_sample_prob = np.log(
-            np.maximum(weights / total if total > 0 else data_prob, tiny)).astype(np.float32)
+        # logQ uses the log of raw counts, as the official ``log(P0[targets])`` and
+        # ``log(P0[samples] ** sample_alpha)`` do (every column's item has a count >= 1).
+        self._log_count = np.log(np.maximum(pop, 1.0)).astype(np.float32)
 
         mode = self._input_mode()
         params: dict[str, np.ndarray] = {
@@ -318,19 +340,20 @@ class GRU4Rec(Model):
         self._eval_params = None
         return {"loss": total / count if count else 0.0}
 
-    def _dropout(self, x: torch.Tensor, rate: float, shape: tuple[int, ...] | None = None
-                 ) -> torch.Tensor:
+    def _dropout(self, x: torch.Tensor, rate: float) -> torch.Tensor:
+        """Inverted dropout of single elements (``nn.Dropout``), drawn from the model's rng."""
         if rate <= 0:
             return x
-        keep = self._rng.random(shape or tuple(x.shape)) >= rate
+        keep = self._rng.random(tuple(x.shape)) >= rate
         return x * torch.from_numpy((keep / (1.0 - rate)).astype(np.float32))
 
     def _train_step(
         self, inputs: np.ndarray, targets: np.ndarray, state: torch.Tensor
     ) -> tuple[float, torch.Tensor]:
-        """Forward one step for every slot, take one optimizer step; return the summed loss
-        and the new (detached) hidden state."""
-        params, mode, batch = self._params, self._input_mode(), len(inputs)
+        """Forward one step for every slot and take one optimizer step on the loss summed over
+        the rows divided by ``batch_size``; return the summed loss (for the epoch's per-event
+        average) and the new (detached) hidden state."""
+        params, mode = self._params, self._input_mode()
         samples = None
         columns = targets
         if self.n_sample > 0 and self._sample_cdf[-1] > 0:
@@ -352,7 +375,7 @@ class GRU4Rec(Model):
         if mode == "onehot":
             wx = params["Wx0"][in_t].requires_grad_()
             uses["Wx0"] = [(inputs, wx)]
-            gx = self._dropout(wx, self.dropout_embedding, (batch, 1)) + params["bx0"]
+            gx = wx + params["bx0"]
         else:
             table = "Wy" if mode == "constrained" else "E"
             x = params[table][in_t].requires_grad_()
@@ -364,17 +387,14 @@ class GRU4Rec(Model):
                 gx = x @ params[f"Wx{layer}"] + params[f"bx{layer}"]
             h = _gru_cell(gx, state[layer], params[f"Wh{layer}"])
             # The dropped-out output is also the state carried to the next step, as in the
-            # original implementation.
-            x = self._dropout(h, self.dropout_hidden)
+            # official code. In one-hot mode the first layer is the official ``GRUEmbedding``,
+            # whose output gets the embedding dropout (``self.DE``) instead of the hidden one.
+            rate = self.dropout_embedding if mode == "onehot" and layer == 0 \
+                else self.dropout_hidden
+            x = self._dropout(h, rate)
             new_state.append(x)
-        scores = torch.addmm(by, x, wy.T)
-        if self.loss == "cross-entropy" and self.logq > 0:
-            log_q = self._log_data_prob[targets]
-            if samples is not None:
-                log_q = np.concatenate([log_q, self._log_sample_prob[samples]])
-            scores = scores - self.logq * torch.from_numpy(log_q)
-        loss = LOSSES[self.loss](scores, self.bpreg)
-        loss.backward()
+        loss = self._summed_loss(torch.addmm(by, x, wy.T), targets, samples)
+        (loss / self.batch_size).backward()
         with torch.no_grad():
             for name in dense:
                 grad = params[name].grad
@@ -390,6 +410,17 @@ class GRU4Rec(Model):
                 summed.index_add_(0, torch.from_numpy(inverse), grads)
                 self._adagrad(name, torch.from_numpy(rows), summed)
         return float(loss.detach()), torch.stack(new_state).detach()
+
+    def _summed_loss(self, scores: torch.Tensor, targets: np.ndarray,
+                     samples: np.ndarray | None) -> torch.Tensor:
+        """The step's loss summed over its rows, from the scores of the columns ``targets``
+        then ``samples``; the cross-entropy first gets the logQ correction."""
+        if self.loss == "cross-entropy" and self.logq > 0:
+            log_q = self._log_count[targets]
+            if samples is not None:
+                log_q = np.concatenate([log_q, self.sample_alpha * self._log_count[samples]])
+            scores = scores - self.logq * torch.from_numpy(log_q).to(scores.dtype)
+        return LOSSES[self.loss](scores, self.bpreg, self.elu_param)
 
     def _adagrad(self, name: str, rows: torch.Tensor | None, grad: torch.Tensor) -> None:
         """Adagrad with momentum; for item tables only the ``rows`` a step touched move."""

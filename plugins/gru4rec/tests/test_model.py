@@ -261,3 +261,78 @@ def test_search_space_builds_valid_models() -> None:
         model = GRU4Rec(**{**params, "hidden_size": 8})
         model.fit(stream)
         assert np.isfinite(model.train_epoch()["loss"])
+
+
+@pytest.mark.parametrize("rows", [4, 3])
+def test_step_minimises_summed_loss_over_batch_size(rows: int) -> None:
+    # The official code steps on loss_function(...) / batch_size (the configured size, also
+    # when fewer sessions are left). Adagrad's first accumulator of a row is its squared
+    # gradient, which tells the scale of the objective.
+    stream = successor_stream(n_sessions=30)
+    model = GRU4Rec(hidden_size=8, batch_size=4, n_sample=0)
+    model.fit(stream, seed=0)
+    inputs, targets = np.array([0, 5, 9, 20])[:rows], np.array([1, 6, 10, 21])[:rows]
+    state = torch.zeros(1, rows, 8)
+    h = model._forward(inputs, state.double())[-1].numpy()  # before the step moves anything
+    wy, by = (model._params[k].double().numpy() for k in ("Wy", "By"))
+    scores = h @ wy[targets].T + by[targets]
+    p = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+    summed = -np.log(np.diag(p)).sum()
+    grad_by = (p - np.eye(rows)).sum(0) / 4  # d(summed / batch_size) / d b_y[target]
+    loss, _ = model._train_step(inputs, targets, state)
+    assert loss == pytest.approx(summed, rel=1e-5)
+    np.testing.assert_allclose(model._acc["By"][targets].numpy(), grad_by**2, rtol=1e-4)
+
+
+def dropout_step(rng_seed: int, **params: object) -> tuple[torch.Tensor, np.ndarray]:
+    """One training step of a one-hot model from a random state: the carried state and the
+    layers' outputs without dropout."""
+    stream = successor_stream(n_sessions=30)
+    model = GRU4Rec(**{"hidden_size": 64, "batch_size": 8, "n_sample": 0,
+                       "constrained_embedding": False, "embedding_size": 0, **params})
+    model.fit(stream, seed=rng_seed)
+    inputs, targets = np.arange(8), np.arange(1, 9)
+    state = torch.from_numpy(
+        np.random.default_rng(1).uniform(-0.5, 0.5, (model.layers, 8, 64)).astype(np.float32))
+    clean = model._forward(inputs, state.double()).numpy()
+    _, new_state = model._train_step(inputs, targets, state)
+    return new_state, clean
+
+
+def test_onehot_embedding_dropout_masks_first_layer_output() -> None:
+    # Official PyTorch one-hot mode: E = GRUEmbedding(X, H[0]); E = dropout_p_embed(E);
+    # H[0] = E. So the first layer's output (and carried state) is masked element by element
+    # with dropout_embedding, and dropout_hidden does not touch it.
+    new_state, clean = dropout_step(0, dropout_embedding=0.5, dropout_hidden=0.0)
+    out = new_state[0].double().numpy()
+    dropped = out == 0.0
+    assert 0.35 < dropped.mean() < 0.65
+    assert (dropped.any(1) & ~dropped.all(1)).all()  # elements, not whole rows or inputs
+    np.testing.assert_allclose(out[~dropped], 2.0 * clean[0][~dropped], rtol=1e-5, atol=1e-6)
+
+    new_state, clean = dropout_step(0, dropout_embedding=0.0, dropout_hidden=0.5)
+    np.testing.assert_allclose(new_state[0].double().numpy(), clean[0], rtol=1e-5, atol=1e-6)
+
+
+def test_onehot_hidden_dropout_masks_upper_layers_only() -> None:
+    new_state, clean = dropout_step(0, layers=2, dropout_embedding=0.0, dropout_hidden=0.5)
+    np.testing.assert_allclose(new_state[0].double().numpy(), clean[0], rtol=1e-5, atol=1e-6)
+    top = new_state[1].double().numpy()
+    dropped = top == 0.0
+    assert 0.35 < dropped.mean() < 0.65
+    np.testing.assert_allclose(top[~dropped], 2.0 * clean[1][~dropped], rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_dropout_masks_the_input_embedding_outside_onehot_mode() -> None:
+    # Constrained mode: the first layer's output is not masked by dropout_embedding (its input
+    # is), so no element of the carried state is exactly zero.
+    stream = successor_stream(n_sessions=30)
+    model = GRU4Rec(hidden_size=64, batch_size=8, n_sample=0, dropout_embedding=0.5)
+    model.fit(stream, seed=0)
+    state = torch.from_numpy(
+        np.random.default_rng(1).uniform(-0.5, 0.5, (1, 8, 64)).astype(np.float32))
+    clean = model._forward(np.arange(8), state.double()).numpy()
+    _, new_state = model._train_step(np.arange(8), np.arange(1, 9), state)
+    out = new_state[0].double().numpy()
+    assert not (out == 0.0).any()
+    assert not np.allclose(out, clean[0], rtol=1e-3, atol=1e-4)
