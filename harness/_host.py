@@ -138,8 +138,9 @@ def _block(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Interaction
     n = len(arrays["user"])
     columns: dict[str, Any] = {name: arrays.get(name) for name in _COLUMNS}
     if columns["features"] is None:
-        columns["features"] = np.zeros((n, 0), np.float32)
-        columns["features"].flags.writeable = False
+        features = np.zeros((n, 0), np.float32)
+        features.flags.writeable = False
+        columns["features"] = features
     return Interactions(**columns, n_users=int(header["n_users"]), n_items=int(header["n_items"]),
                         name="block")
 
