@@ -41,11 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tie-policy", default="average", choices=["average", "optimistic", "pessimistic"])
     p.add_argument("--split", type=_split, metavar="TRAIN,VALID,TEST", help="split fractions")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    p.add_argument("--audits", type=int, default=16, metavar="N",
+                   help="look-ahead audits per pass (default 16; 0 leaves the run unaudited)")
     p.add_argument("--session-gap", type=float, help="seconds of inactivity that end a session")
     p.add_argument("--results", default="results", help="directory for run records (default results/)")
     p.add_argument("--timeout", type=float, help="seconds allowed per run")
     p.add_argument("--format", default="github", choices=["github", "latex", "plain"])
-    p.add_argument("--in-process", action="store_true", help="run models in this process")
+    p.add_argument("--in-process", action="store_true",
+                   help="evaluate in this process (models still run in their own)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--params", choices=["best"],
                    help="best: each model's parameters from the best trial of its `harness tune` "
@@ -131,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not models:
         raise UsageError("no models to run: install a model plugin or pass --models / --plugin")
     protocol: dict[str, Any] = {"name": args.protocol, "tie_policy": args.tie_policy,
-                                "patience": args.patience}
+                                "patience": args.patience, "audits": args.audits}
     if args.split:
         protocol.update(zip(("train", "valid", "test"), args.split))
     if args.session_gap:

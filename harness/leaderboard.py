@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMATS", "leaderboard", "leaderboard_rows"]
+__all__ = ["FORMATS", "audited", "leaderboard", "leaderboard_rows"]
 
 FORMATS = ("github", "latex", "plain")
 _COLUMNS = {
@@ -56,6 +56,8 @@ def leaderboard_rows(
         runs = list(by_seed.values())
         ok = [r for r in runs if r["status"] == "ok"]
         row: dict[str, Any] = {"model": key[3], "seeds": len(ok), "status": _status(runs)}
+        if ok and not all(audited(r) for r in ok):
+            row["status"] += " (unaudited)"
         for column in _COLUMNS.get(key[1], []):
             values = [r["metrics"].get("test", {}).get(column) for r in ok]
             values = [v for v in values if v is not None]
@@ -69,6 +71,12 @@ def leaderboard_rows(
             row["eval s"] = evals
         tables[key[:3]].append(row)
     return dict(tables)
+
+
+def audited(record: dict[str, Any]) -> bool:
+    """Whether the run's answers were audited for look-ahead (records from before audits existed,
+    and runs with ``--audits 0``, were not)."""
+    return (record.get("audit") or {}).get("lookahead_blocks", 0) > 0
 
 
 def _status(runs: list[dict[str, Any]]) -> str:
@@ -102,8 +110,9 @@ def leaderboard(
         main = columns[0] if columns else None
         sign = 1 if main in _LOWER_IS_BETTER else -1
         rows.sort(key=lambda r: sign * np.mean(r[main]) if main in r else math.inf)
-        best = {c: (min if c in _LOWER_IS_BETTER else max)(np.mean(r[c]) for r in rows if c in r)
-                for c in columns}
+        trusted = [r for r in rows if r["status"] == "ok"]  # unaudited numbers are never best
+        best = {c: (min if c in _LOWER_IS_BETTER else max)(np.mean(r[c]) for r in trusted if c in r)
+                for c in columns if any(c in r for r in trusted)}
         table = []
         for r in rows:
             line = [r["model"]]
@@ -113,7 +122,7 @@ def leaderboard(
                     continue
                 digits = 1 if c in ("fit s/epoch", "eval s") else 4
                 text = _cell(r[c], digits)
-                if np.mean(r[c]) == best[c] and len(rows) > 1:
+                if r["status"] == "ok" and np.mean(r[c]) == best.get(c) and len(rows) > 1:
                     text = {"github": f"**{text}**", "latex": f"\\textbf{{{text}}}"}.get(fmt, text + " *")
                 line.append(text)
             line += [r["seeds"], r["status"]]

@@ -137,3 +137,19 @@ def test_a_score_that_changes_the_state_fails_the_twice_audit():
 
     with pytest.raises(AuditFailure, match="scoring the same block twice gave different rows"):
         evaluate(Drifting(), realistic_stream(n_events=6000), Protocol(audits=4))
+
+
+def test_the_leaderboard_flags_unaudited_runs_and_never_bolds_them(tmp_path, capsys):
+    from harness.leaderboard import leaderboard
+
+    for model, audits in (("popularity", "0"), ("frequency", "16")):
+        assert main(["run", "--models", model, "--audits", audits, "--results", str(tmp_path),
+                     "--in-process", "--quiet"]) == 0
+    records = load_records(tmp_path)
+    assert {r["model"]: r["audit"]["lookahead_blocks"] > 0 for r in records} == {
+        "popularity": False, "frequency": True}
+    table = leaderboard(records)
+    (popularity,) = [line for line in table.splitlines() if line.startswith("| popularity")]
+    (frequency,) = [line for line in table.splitlines() if line.startswith("| frequency")]
+    assert "ok (unaudited)" in popularity and "**" not in popularity
+    assert "**" in frequency and "unaudited" not in frequency
