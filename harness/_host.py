@@ -31,6 +31,7 @@ class _Host:
         self.meta: dict[str, Any] = {}
         self.children: set[int] = set()
         self.pending_error: dict[str, Any] | None = None
+        self.conn: Connection | None = None
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -52,6 +53,10 @@ class _Host:
 
     def train_epoch(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         return {"losses": dict(self.model.train_epoch() or {})}
+
+    def space(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        assert self.conn is not None
+        return {"params": type(self.model).search_space(_TrialProxy(self.conn))}
 
     def report(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         report = getattr(self.model, "fit_report", None)
@@ -78,6 +83,7 @@ class _Host:
 
     def serve(self, conn: Connection) -> None:
         """Answer requests until ``exit`` or until the evaluator closes the channel."""
+        self.conn = conn
         while True:
             self._reap()
             try:
@@ -131,6 +137,27 @@ class _Host:
                 done = pid
             if done:
                 self.children.discard(pid)
+
+
+class _TrialProxy:
+    """Stands in for an Optuna trial in ``search_space``: each suggestion is asked of the
+    evaluator's side, which holds the real trial."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def _ask(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        send(self._conn, {"suggest": kind, "name": name, "args": list(args), "kwargs": kwargs})
+        return receive(self._conn)[0]["value"]
+
+    def suggest_float(self, name: str, low: float, high: float, **kwargs: Any) -> Any:
+        return self._ask("float", name, low, high, **kwargs)
+
+    def suggest_int(self, name: str, low: int, high: int, **kwargs: Any) -> Any:
+        return self._ask("int", name, low, high, **kwargs)
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._ask("categorical", name, list(choices))
 
 
 def _block(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Interactions:

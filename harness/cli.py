@@ -117,7 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.leaderboard import leaderboard
     from harness.records import load_records
     from harness.registry import default_registry
-    from harness.runner import RunSpec, build_model, resolve_model, run_many
+    from harness.runner import RunSpec, run_many
+    from harness.sandbox import ModelRef, describe_model
 
     plugins = {target.rpartition(":")[2].lower(): target for target in args.plugin}
     if plugins and os.getcwd() not in sys.path:
@@ -149,9 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                              plugins=plugins, log=lambda line: print(line, file=sys.stderr))
         params = {name: {**tuned.get(name, {}), **params[name]} for name in models}
     for name in models:  # unknown names, parameters and capabilities fail before anything runs
-        cls = resolve_model(name, plugins.get(name))
-        build_model(cls, params[name], name)
-        check_compatible(cls, args.protocol, name)
+        info = describe_model(ModelRef(name, plugins.get(name), params[name]))  # in its own process
+        check_compatible(info.capabilities, args.protocol, name)
     from harness.data import open_dataset
 
     # a bad name or a malformed file fails here, before any run; workers then load from the cache

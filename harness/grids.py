@@ -17,12 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.errors import UsageError, did_you_mean
-
-if TYPE_CHECKING:
-    from harness.api import Model
 
 __all__ = ["EMBEDDING_PARAMS", "GRIDS", "Grid", "get_grid", "run_grid"]
 
@@ -44,7 +41,7 @@ class Grid:
     needs_model: str | None = None
     needs_note: str = ""
 
-    def param_for(self, cls: type[Model], model: str) -> str | None:
+    def param_for(self, cls: Any, model: str) -> str | None:
         """The constructor parameter a ``model`` grid sets on ``cls`` (``None`` for other grids)."""
         if self.target != "model":
             return None
@@ -62,7 +59,7 @@ class Grid:
             "leave it out of --models")
 
     def apply(
-        self, value: Any, cls: type[Model], model: str, protocol: dict[str, Any], params: dict[str, Any]
+        self, value: Any, cls: Any, model: str, protocol: dict[str, Any], params: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any], float | None]:
         """The protocol, model parameters and data fraction of one grid point."""
         protocol, params = dict(protocol), dict(params)
@@ -128,7 +125,8 @@ def run_grid(
 
     from harness.evaluate import Protocol, check_compatible
     from harness.registry import default_registry
-    from harness.runner import RunSpec, StreamCache, build_model, resolve_model, run_one
+    from harness.runner import RunSpec, StreamCache, run_one
+    from harness.sandbox import ModelRef, describe_model
     from harness.tuning import (
         _drive,
         _quiet_optuna,
@@ -165,12 +163,12 @@ def run_grid(
     params = {m: dict((params or {}).get(m, {})) for m in models}
     classes = {}
     for model in models:  # every name, parameter and capability is checked before any work
-        cls = classes[model] = resolve_model(model, plugins.get(model))
-        check_compatible(cls, protocol["name"], model)
+        cls = classes[model] = describe_model(ModelRef(model, plugins.get(model), params[model]))
+        check_compatible(cls.capabilities, protocol["name"], model)
         for value in values:
             proto, p, _ = grid.apply(value, cls, model, protocol, params[model])
             Protocol(**proto)
-            build_model(cls, p, model)
+            cls.check_params(p, model)
     config = {"kind": "grid", "grid": name, "models": models, "plugins": plugins, "dataset": dataset,
               "seeds": seeds, "values": values, "epochs": epochs, "protocol": protocol,
               "params": params}

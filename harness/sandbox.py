@@ -32,7 +32,10 @@ from harness._wire import WireError, receive, send
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 
-__all__ = ["LocalModel", "ModelError", "ModelProcess", "ModelRef", "Step", "block_arrays", "readonly"]
+__all__ = [
+    "LocalModel", "ModelError", "ModelInfo", "ModelProcess", "ModelRef", "Step", "block_arrays",
+    "describe_model", "readonly",
+]
 
 _COLUMNS = ("user", "item", "t", "label", "features", "session", "visit")
 
@@ -91,6 +94,7 @@ def model_meta(cls: Any, model: Any, name: str) -> dict[str, Any]:
     return {
         "name": name,
         "class": f"{cls.__module__}:{cls.__qualname__}",
+        "param_names": cls.param_names(),
         "capabilities": sorted(cls.capabilities),
         "supports_blocks": bool(cls.supports_blocks),
         "iterative": bool(cls.iterative),
@@ -268,6 +272,26 @@ class ModelProcess:
             raise ModelError("the model process answered a score request without scores")
         return got["scores"]
 
+    def search_space(self, trial: Any) -> dict[str, Any]:
+        """The model's ``search_space(trial)``, run in its process: each suggestion it asks for
+        is answered here by ``trial`` (an Optuna trial or a stand-in)."""
+        self._send({"op": "space"})
+        while True:
+            header, _ = self._receive()
+            kind = header.get("suggest")
+            if kind is None:
+                params = self._check(header).get("params")
+                if not isinstance(params, dict):
+                    raise ModelError(f"search_space() must return a dict, got {params!r}")
+                return params
+            method = {"float": "suggest_float", "int": "suggest_int",
+                      "categorical": "suggest_categorical"}.get(kind)
+            if method is None:
+                raise ModelError(f"the model process asked for an unknown suggestion {kind!r}")
+            value = getattr(trial, method)(header["name"], *header.get("args", []),
+                                           **header.get("kwargs", {}))
+            self._send({"value": value})
+
     def report(self) -> dict[str, Any] | None:
         """The model's ``fit_report`` attribute, when it has one."""
         report = self._call({"op": "report"})[0].get("report")
@@ -281,15 +305,22 @@ class ModelProcess:
         except OSError as exc:
             raise ModelError(f"the model process has gone ({exc})") from None
 
-    def _answer(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _receive(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         try:
-            header, arrays = receive(self._conn, self._max_bytes)
+            return receive(self._conn, self._max_bytes)
         except (EOFError, OSError):
             raise ModelError(f"the model process died{self._exit_note()}") from None
         except WireError as exc:
             raise ModelError(f"the model process broke the message format: {exc}") from None
+
+    def _answer(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        header, arrays = self._receive()
+        return self._check(header), arrays
+
+    def _check(self, header: dict[str, Any]) -> dict[str, Any]:
+        """The header of a successful answer; an error answer raised as the error it reports."""
         if header.get("ok") is True:
-            return header, arrays
+            return header
         message = str(header.get("message", "no reason given"))
         if header.get("kind") == "usage":
             raise UsageError(message)
@@ -306,6 +337,33 @@ class ModelProcess:
             return ""
         code = process.returncode
         return f" (killed by signal {-code})" if code < 0 else f" (exit status {code})"
+
+
+class ModelInfo:
+    """A model class as the command line needs it (name, capabilities, parameter names), asked of
+    the model's own process so that the asking process never imports the model's code."""
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+        self.__name__ = meta["class"].rpartition(":")[2]
+        self.capabilities = frozenset(meta["capabilities"])
+
+    def param_names(self) -> list[str]:
+        return list(self.meta["param_names"])
+
+    def check_params(self, params: dict[str, Any], name: str) -> None:
+        """Reject unknown parameter names as the constructor would, with the known ones."""
+        from harness.errors import did_you_mean
+
+        unknown = sorted(set(params) - set(self.param_names()))
+        if unknown:
+            raise UsageError(f"model {name!r}: " + did_you_mean(unknown[0], self.param_names(), "parameter"))
+
+
+def describe_model(ref: ModelRef) -> ModelInfo:
+    """Load ``ref`` in a model process (which checks its name and parameters) and describe it."""
+    with ModelProcess.start(ref) as proc:
+        return ModelInfo(proc.meta)
 
 
 def _sizes(stream: Interactions) -> dict[str, int]:

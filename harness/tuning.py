@@ -33,12 +33,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.errors import HarnessError, UsageError
-
-if TYPE_CHECKING:
-    from harness.api import Model
 
 __all__ = [
     "DEFAULT_STORAGE_FILE",
@@ -393,18 +390,20 @@ class _Probe:
         pass
 
 
-def describe_space(cls: type[Model]) -> dict[str, str]:
-    """The parameters ``cls.search_space`` suggests, each with its range, in suggestion order."""
+def describe_space(model: Any) -> dict[str, str]:
+    """The parameters ``model.search_space`` suggests (a model class, or a
+    :class:`~harness.sandbox.ModelProcess` that asks its model), each with its range, in order."""
     probe = _SpaceTrial(_Probe(), {}, {})
-    cls.search_space(probe)
+    model.search_space(probe)
     return probe.seen
 
 
 # -- one trial -------------------------------------------------------------------------------
 
 
-def objective_metric(cls: type[Model], protocol: str, metric: str | None = None) -> tuple[str, str]:
-    """The validation metric a study optimises for ``cls`` under ``protocol``, and its direction."""
+def objective_metric(cls: Any, protocol: str, metric: str | None = None) -> tuple[str, str]:
+    """The validation metric a study optimises for a model (anything with ``capabilities``)
+    under ``protocol``, and its direction."""
     if metric is None:
         caps = set(cls.capabilities)
         metric = {
@@ -464,21 +463,37 @@ def tune(
     a median pruner stops a trial whose per-epoch validation curve falls below the median of the
     earlier trials at the same epoch. Returns a summary with the best trial.
     """
-    import optuna
-
-    from harness.evaluate import Protocol, check_compatible
-    from harness.runner import RunSpec, StreamCache, build_model, resolve_model, run_one
+    from harness.evaluate import Protocol
+    from harness.sandbox import ModelInfo, ModelProcess, ModelRef
 
     _quiet_optuna()
     if trials < 1:
         raise UsageError(f"--trials must be at least 1, got {trials}")
     protocol = dict(protocol or {"name": "streaming"})
     Protocol(**protocol)
-    cls = resolve_model(model, plugin)
-    check_compatible(cls, protocol.get("name", "streaming"), model)
+    # The model's search space is asked of its own process: this one never imports its code.
+    with ModelProcess.start(ModelRef(model, plugin)) as proc:
+        return _tune(proc, ModelInfo(proc.meta), model, dataset, protocol, trials, timeout, storage,
+                     study, results, seed, epochs, plugin, space_overrides=space,
+                     fixed=fixed, metric=metric, prune=prune, startup_trials=startup_trials, log=log)
+
+
+def _tune(
+    space: Any, cls: Any, model: str, dataset: str, protocol: dict[str, Any], trials: int,
+    timeout: float | None, storage: str | None, study: str | None, results: str, seed: int,
+    epochs: int | None, plugin: str | None, *, space_overrides: list[Override] | None,
+    fixed: dict[str, Any] | None, metric: str | None, prune: bool, startup_trials: int,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
+    import optuna
+
+    from harness.evaluate import check_compatible
+    from harness.runner import RunSpec, StreamCache, run_one
+
+    check_compatible(cls.capabilities, protocol.get("name", "streaming"), model)
     fixed = dict(fixed or {})
-    overrides = {o.name: o for o in space or []}
-    seen = describe_space(cls)
+    overrides = {o.name: o for o in space_overrides or []}
+    seen = describe_space(space)
     tunable = [name for name in seen if name not in fixed]
     if not tunable:
         why = ("declares no search space" if not seen
@@ -489,7 +504,7 @@ def tune(
     if unknown:
         raise UsageError(f"--space {unknown[0]}: model {model!r} does not search that parameter; "
                          f"its search space has {', '.join(seen)}")
-    build_model(cls, {**_probe_params(cls, overrides, fixed)}, model)  # unknown --param names
+    cls.check_params(_probe_params(space, overrides, fixed), model)  # unknown --param names
     metric, direction = objective_metric(cls, protocol.get("name", "streaming"), metric)
     name = study or tune_study_name(model, dataset, protocol.get("name", "streaming"))
     config = {"kind": "tune", "model": model, "plugin": plugin, "dataset": dataset,
@@ -512,7 +527,7 @@ def tune(
             trial.set_user_attr("space", sorted(str(o) for o in overrides.values()))
             trial.set_user_attr("fixed", fixed)
         suggest = _SpaceTrial(trial, overrides, fixed)
-        params = {**cls.search_space(suggest), **fixed}
+        params = {**space.search_space(suggest), **fixed}
         spec = RunSpec(model=model, dataset=dataset, protocol=protocol, params=params, seed=seed,
                        epochs=epochs, plugin=plugin, results=results)
 
@@ -546,8 +561,8 @@ def tune(
     return summarize(the_study, handle, ran)
 
 
-def _probe_params(cls: type[Model], overrides: dict[str, Override], fixed: dict[str, Any]) -> dict[str, Any]:
-    return {**cls.search_space(_SpaceTrial(_Probe(), overrides, fixed)), **fixed}
+def _probe_params(space: Any, overrides: dict[str, Override], fixed: dict[str, Any]) -> dict[str, Any]:
+    return {**space.search_space(_SpaceTrial(_Probe(), overrides, fixed)), **fixed}
 
 
 def _write(record: dict[str, Any], results: str) -> Path:
@@ -613,7 +628,7 @@ def tuned_params(
     """
     import optuna
 
-    from harness.runner import resolve_model
+    from harness.sandbox import ModelProcess, ModelRef
 
     _quiet_optuna()
     handle = open_storage(storage, results)
@@ -635,8 +650,9 @@ def tuned_params(
             if name in names:
                 wanted[model] = name
                 continue
-            cls = resolve_model(model, (plugins or {}).get(model))
-            if describe_space(cls):
+            with ModelProcess.start(ModelRef(model, (plugins or {}).get(model))) as proc:
+                searched = describe_space(proc)
+            if searched:
                 raise UsageError(
                     f"--params best: no study {name!r} in {handle.display} for model {model!r}; run "
                     f"`harness tune --model {model} --dataset {dataset} --protocol {protocol}` first "
