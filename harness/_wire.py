@@ -20,6 +20,8 @@ __all__ = ["DTYPES", "WireError", "receive", "send"]
 #: The only dtypes that cross the boundary.
 DTYPES = frozenset({"float64", "float32", "int64", "int32", "int8", "bool"})
 _MAX_HEADER = 1 << 20
+_NAMES = {np.dtype(name): name for name in DTYPES}
+_TYPES = {name: np.dtype(name) for name in DTYPES}
 
 
 class WireError(Exception):
@@ -31,7 +33,7 @@ def send(conn: Connection, header: dict[str, Any], arrays: dict[str, np.ndarray]
     the header, then the arrays' bytes."""
     parts = [np.ascontiguousarray(a) for a in (arrays or {}).values()]
     if parts:
-        header = {**header, "arrays": [[key, a.dtype.name, list(a.shape)]
+        header = {**header, "arrays": [[key, _NAMES.get(a.dtype) or a.dtype.name, a.shape]
                                        for key, a in zip(arrays or {}, parts)]}
     head = json.dumps(header, allow_nan=True).encode()
     conn.send_bytes(b"".join([len(head).to_bytes(4, "little"), head, *(a.tobytes() for a in parts)]))
@@ -63,10 +65,11 @@ def receive(conn: Connection, max_bytes: int | None = None) -> tuple[dict[str, A
             raise WireError(f"malformed array entry {entry!r}") from None
         if dtype not in DTYPES or any(s < 0 for s in shape):
             raise WireError(f"array {key!r}: dtype {dtype!r} or shape {shape} is not allowed")
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        count = math.prod(shape)
+        nbytes = count * _TYPES[dtype].itemsize
         if offset + nbytes > len(frame):
             raise WireError(f"array {key!r}: the frame ends before its {nbytes} bytes")
-        array = np.frombuffer(frame, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+        array = np.frombuffer(frame, dtype=_TYPES[dtype], count=count, offset=offset).reshape(shape)
         array = array.copy()  # owns its memory
         array.flags.writeable = False
         arrays[str(key)] = array
