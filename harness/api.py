@@ -30,13 +30,18 @@ class Model(ABC):
        recorded.
     2. ``fit(train, seed=...)``: sees the training events only and sets up learned state.
        Models with ``iterative = True`` then get ``train_epoch()`` once per epoch; after each
-       epoch the evaluator validates a copy of the model.
+       epoch the evaluator validates a fork of the model's process, so nothing a validation
+       pass does reaches training.
     3. For every evaluation block, in time order: ``score(block)`` (capability ``rank``), then
        ``observe(block)``, then ``predict_state(block)`` (capability ``state``) and, at the end
        of a session, ``predict_return_time(...)`` (capability ``return_time``).
 
     A block is a run of consecutive events. When ``supports_blocks`` is true the evaluator passes
     runs in which no user and no item occurs twice; otherwise every block holds one event.
+
+    The model runs in a process of its own that holds the training events and the blocks it has
+    been asked about, nothing else; every array it gets is a read-only copy. Every run audits its
+    answers (see :mod:`harness.sandbox` and ``harness.evaluate``).
     """
 
     #: What the model predicts: a subset of ``{"rank", "state", "return_time"}``.
@@ -99,6 +104,8 @@ class Model(ABC):
         happens: it may depend on the model's state, on ``block.user[j]`` and ``block.t[j]``, and on
         the events ``0..j-1`` of the block (which happened before it, but have not been passed to
         :meth:`observe` yet); never on the item, label or features of event ``j`` or later ones.
+        Scores must be finite, and scoring must not change the model's state: the evaluator
+        checks both on a sample of blocks in every run.
         """
         raise NotImplementedError(
             f"{type(self).__name__} declares capability 'rank', so it must implement score()"

@@ -153,3 +153,21 @@ def test_the_leaderboard_flags_unaudited_runs_and_never_bolds_them(tmp_path, cap
     (frequency,) = [line for line in table.splitlines() if line.startswith("| frequency")]
     assert "ok (unaudited)" in popularity and "**" not in popularity
     assert "**" in frequency and "unaudited" not in frequency
+
+
+def test_isolation_and_audits_change_no_number():
+    from toy_models import Counts
+
+    from harness.evaluate import replay
+    from harness.metrics import mrr, recall
+    from harness.testing import realistic_stream
+
+    protocol = Protocol("streaming")
+    data = prepare(realistic_stream(n_events=6000), protocol)
+    model = Counts(prior=1.0)
+    model.fit(data.train)
+    ranks = replay(model, data, protocol, max_block=protocol.max_block)  # in this process
+    test = data.split[data.ranked] == 2
+    best, worst = ranks["best"][test], ranks["worst"][test]
+    got = evaluate(Counts(prior=1.0), data, protocol).metrics["test"]
+    assert got["mrr"] == mrr(best, worst) and got["recall@10"] == recall(best, worst, 10)
