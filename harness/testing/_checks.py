@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import pickle
 from collections.abc import Callable
@@ -270,13 +271,15 @@ def check_passes_leave_nothing(model: Model) -> None:
                  "(state kept outside the model object, such as module globals, between passes?)")
 
 
+@functools.lru_cache(maxsize=2)
 def realistic_stream(seed: int = 0, n_events: int = 20_000) -> Interactions:
     """A stream with a real dataset's catalogue: Wikipedia's 1,000 items and a few thousand users
-    (the synthetic generator's Wikipedia preset, shortened, four features)."""
+    (the synthetic generator's Wikipedia preset, shortened, four features). Read-only, and
+    generated once per process."""
     from harness.data.synthetic import PRESETS, generate
 
     config = replace(PRESETS["wikipedia"], n_users=2_000, n_events=n_events, n_features=4)
-    return generate(config, seed=seed, name="conformance-realistic")
+    return readonly(generate(config, seed=seed, name="conformance-realistic"))
 
 
 def check_audited_run(model: Model) -> None:
