@@ -129,6 +129,12 @@ class JODIE(Model):
         their momentum unapplied and no weight decay. Faster by a few seconds per Wikipedia epoch
         but a different optimizer from the authors' (valid MRR after one Wikipedia epoch 0.305
         against 0.382); kept for comparison only. Default ``False``: the authors' dense Adam.
+    first_delta: time difference of a node's first event. ``"since_start"`` (default, the
+        authors'): seconds since the first event of the stream ``t0`` (their loader shifts the
+        stream to start at 0 and reads a missing previous time as 0); ``"zero"``: 0. Differences
+        are standardized with statistics of the training part only (the authors' code uses the
+        whole stream, test included, and cuts its windows over the whole stream's span; both
+        need the evaluation part and are not done here).
     online_updates: keep training on evaluation events (the authors' protocol): loss accumulated
         per event and one Adam step per window of time.
     device: torch device for training.
@@ -151,6 +157,7 @@ class JODIE(Model):
         state_loss_weight: float = 1.0,
         static_size: int | None = None,
         lazy_static: bool = False,
+        first_delta: str = "since_start",
         online_updates: bool = False,
         device: str = "cpu",
         num_threads: int | None = 1,
@@ -162,6 +169,7 @@ class JODIE(Model):
         self.state_loss_weight = state_loss_weight
         self.static_size = static_size
         self.lazy_static = lazy_static
+        self.first_delta = first_delta
         self.online_updates = online_updates
         self.device = device
         self.num_threads = num_threads
@@ -186,6 +194,10 @@ class JODIE(Model):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
                 raise UsageError(f"JODIE {name} must be a finite number >= 0, but got {value!r}")
+        if self.first_delta not in ("since_start", "zero"):
+            raise UsageError(
+                f"JODIE first_delta must be 'since_start' or 'zero', but got {self.first_delta!r}"
+            )
         if self.static_size is not None and (
             not isinstance(self.static_size, (int, np.integer)) or self.static_size < 1
         ):
@@ -212,7 +224,8 @@ class JODIE(Model):
         self._dev = torch.device(self.device)
         self._n_users, self._n_items, self._n_features = nu, ni, nf
         user, item, t = train.user.astype(np.int64), train.item.astype(np.int64), train.t
-        dt_u, dt_i, prev = time_deltas(user, item, t, ni)
+        self._t0 = float(t[0]) if self.first_delta == "since_start" else None
+        dt_u, dt_i, prev = time_deltas(user, item, t, ni, first=self._t0)
         # Standardised with the training part's statistics only (the authors' code uses the whole
         # stream, test included).
         self._dt_stats = tuple(
@@ -262,6 +275,7 @@ class JODIE(Model):
             "tbatches": int(sum(len(p.bounds) - 1 for p in plans)),
             "final_window_events": int(plans[-1].size),
             "note": "the final partial window is trained on (the authors' code drops it)",
+            "first_delta": self.first_delta,
             **(self._static.describe() if self._static is not None else {}),
         }
 
@@ -468,7 +482,8 @@ class JODIE(Model):
             )
 
     def _dt64(self, t: np.ndarray, last: np.ndarray, which: int) -> torch.Tensor:
-        dt = np.where(np.isnan(last), 0.0, t - last)
+        first = 0.0 if self._t0 is None else t - self._t0
+        dt = np.where(np.isnan(last), first, t - last)
         return torch.as_tensor(self._standardize(dt, which), dtype=torch.float64,
                                device=self._dev)[:, None]
 

@@ -89,7 +89,7 @@ def _reference_epochs(model: JODIE, train: Interactions, epochs: int) -> list[fl
     params = {k: torch.nn.Parameter(v) for k, v in params.items()}
     opt = torch.optim.Adam(params.values(), lr=model.learning_rate, weight_decay=model.weight_decay)
     user, item, t = train.user.astype(np.int64), train.item.astype(np.int64), train.t
-    dt_u, dt_i, prev = time_deltas(user, item, t, ni)
+    dt_u, dt_i, prev = time_deltas(user, item, t, ni, first=model._t0)
     dts = np.stack([model._standardize(dt_u, 0), model._standardize(dt_i, 1)], 1)
     dts = torch.tensor(dts, dtype=torch.float32)
     feats = torch.tensor(train.features)
@@ -354,3 +354,27 @@ def test_static_optimizer_is_dense_adam(kernel):
     assert gap > 1e-3 * float(static.abs().max())  # the test can tell the old optimizer apart
     decayed = reference._net.static_user.detach()[60:]  # never read: Adam's weight decay alone
     assert float(decayed.abs().max()) < 1e-3 * float(never_read.abs().max())
+
+
+def test_first_delta_since_start_or_zero():
+    user = np.array([0, 1, 0, 0])
+    item = np.array([2, 2, 1, 2])
+    t = np.array([1.0, 3.0, 4.0, 10.0])
+    du, di, _ = time_deltas(user, item, t, 3, first=1.0)
+    np.testing.assert_array_equal(du, [0, 2, 3, 6])
+    np.testing.assert_array_equal(di, [0, 2, 3, 7])
+    stream = random_stream(n_events=300, seed=1)
+    default, zero = JODIE(embedding_size=8, windows=10), JODIE(embedding_size=8, windows=10,
+                                                                  first_delta="zero")
+    assert default.first_delta == "since_start"
+    default.fit(stream, seed=0)
+    zero.fit(stream, seed=0)
+    assert default._dt_stats != zero._dt_stats
+    # A node first seen during evaluation gets t - t0 as well (standardized with training stats).
+    later = np.array([stream.t[-1] + 50.0])
+    got = float(default._dt64(later, np.array([np.nan]), 0)[0, 0])
+    assert got == pytest.approx(float(default._standardize(later - stream.t[0], 0)[0]))
+    assert float(zero._dt64(later, np.array([np.nan]), 0)[0, 0]) == pytest.approx(
+        float(zero._standardize(np.zeros(1), 0)[0]))
+    with pytest.raises(UsageError, match="first_delta"):
+        JODIE(first_delta="never").fit(stream)
