@@ -627,22 +627,24 @@ class JODIE(Model):
 
     def _online_block(self, block: Interactions, want_scores: bool) -> np.ndarray:
         """Events one at a time, as the authors evaluate: score (row ``j`` sees events before
-        ``j`` only), update the states with gradients, add the event's loss, and take an Adam
-        step whenever a window of time has passed. ``score`` does this for its block and the
-        following ``observe`` of the same block then has nothing left to do."""
+        ``j`` only), update the states with gradients, note the state probability, add the
+        event's loss, and take an Adam step whenever a window of time has passed. The state
+        probability of an event comes from the state after the event and the parameters before
+        any step that used its label. ``score`` does this for its block and the following
+        ``observe`` of the same block then has nothing left to do."""
         scores = np.empty((len(block), self._n_items), np.float32) if want_scores else None
         states = np.empty(len(block), np.float32)
         for j in range(len(block)):
-            row = self._online_event(block, j, want_scores)
+            row, states[j] = self._online_event(block, j, want_scores)
             if scores is not None:
                 scores[j] = row
-            states[j] = self._state_probs(block.user[j:j + 1])[0]
         fingerprint = self._fingerprint(block)
         self._online_done = fingerprint if want_scores else None
         self._online_states = (fingerprint, states)
         return scores if scores is not None else np.empty((len(block), 0), np.float32)
 
-    def _online_event(self, block: Interactions, j: int, want_score: bool) -> np.ndarray | None:
+    def _online_event(self, block: Interactions, j: int,
+                      want_score: bool) -> tuple[np.ndarray | None, float]:
         net, d, dev, n = self._net, self.embedding_size, self._dev, self._n_items
         u, i, t = int(block.user[j]), int(block.item[j]), float(block.t[j])
         p = int(self._prev[u])
@@ -701,6 +703,7 @@ class JODIE(Model):
                 self._cache["cand"][i] = new_c[0]
                 self._cache["cand_sq"][i] = (new_c ** 2).sum()
         self._last_u[u], self._last_i[i], self._prev[u] = t, t, i
+        state = float(self._state_probs(block.user[j:j + 1])[0])  # before the step below
         if t - self._online_start > self._span:
             self._online_start = t
             self._online_loss.backward()
@@ -713,4 +716,4 @@ class JODIE(Model):
                 for name, gs in grads.items()
             ])
             self._online_loss, self._live_u, self._live_i, self._static_rows = None, {}, {}, []
-        return row
+        return row, state

@@ -356,6 +356,35 @@ def test_static_optimizer_is_dense_adam(kernel):
     assert float(decayed.abs().max()) < 1e-3 * float(never_read.abs().max())
 
 
+def test_online_state_comes_before_the_step_that_uses_its_label():
+    """Issue 10: with online updates, the state probability of the event that closes a window
+    must not see that event's label through the window's optimizer step."""
+    stream = random_stream(n_events=700, seed=8)
+    train, rest = stream[:400], stream[400:]
+    model = _fitted(train, epochs=1, online_updates=True)
+    probe = copy.deepcopy(model)
+    closing = []
+    for j in range(len(rest)):  # one event at a time: find the events after which a step is taken
+        before = probe._static.steps
+        probe.score(rest[j:j + 1])
+        probe.observe(rest[j:j + 1])
+        probe.predict_state(rest[j:j + 1])
+        if probe._static.steps > before:
+            closing.append(j)
+    assert len(closing) >= 3
+    j = closing[1]
+    label = rest.label.copy()
+    label[j] = 1 - label[j]
+    flipped = Interactions.from_arrays(rest.user, rest.item, rest.t, label=label,
+                                       features=rest.features, n_users=rest.n_users,
+                                       n_items=rest.n_items)
+    for max_block in (1, 1024):
+        _, states = _replay(copy.deepcopy(model), rest, max_block)
+        _, states_flipped = _replay(copy.deepcopy(model), flipped, max_block)
+        np.testing.assert_array_equal(states[:j + 1], states_flipped[:j + 1])
+        assert not np.array_equal(states[j + 1:], states_flipped[j + 1:])  # the label is used
+
+
 def test_first_delta_since_start_or_zero():
     user = np.array([0, 1, 0, 0])
     item = np.array([2, 2, 1, 2])
