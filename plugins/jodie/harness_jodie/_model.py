@@ -128,7 +128,7 @@ class JODIE(Model):
         rows with a gradient take an Adam step (global-step bias correction), untouched rows keep
         their momentum unapplied and no weight decay. Faster by a few seconds per Wikipedia epoch
         but a different optimizer from the authors' (valid MRR after one Wikipedia epoch 0.305
-        against 0.382); kept for comparison only. Default ``False``: the authors' dense Adam.
+        against 0.38-0.39); kept for comparison only. Default ``False``: the authors' dense Adam.
     first_delta: time difference of a node's first event. ``"since_start"`` (default, the
         authors'): seconds since the first event of the stream ``t0`` (their loader shifts the
         stream to start at 0 and reads a missing previous time as 0); ``"zero"``: 0. Differences
@@ -136,7 +136,8 @@ class JODIE(Model):
         whole stream, test included, and cuts its windows over the whole stream's span; both
         need the evaluation part and are not done here).
     online_updates: keep training on evaluation events (the authors' protocol): loss accumulated
-        per event and one Adam step per window of time.
+        per event and one Adam step per window of time. An event's state probability is read
+        before the step that puts its label in the loss.
     device: torch device for training.
     num_threads: torch threads while the model works (``None``: leave torch's setting). Its
         operations are small (a t-batch is tens of rows), so one thread is fastest on a busy
