@@ -10,13 +10,15 @@ __all__ = ["Window", "plan_windows", "time_deltas", "window_bounds"]
 
 
 def time_deltas(
-    user: np.ndarray, item: np.ndarray, t: np.ndarray, n_items: int
+    user: np.ndarray, item: np.ndarray, t: np.ndarray, n_items: int, first: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per event: seconds since the user's previous event, since the item's previous event (0 for
-    a first event), and the user's previous item (``n_items``, the "none" item, for a first one)."""
+    """Per event: seconds since the user's previous event, since the item's previous event, and
+    the user's previous item (``n_items``, the "none" item, for a first one). A node's first event
+    gets ``t - first`` (the authors' code: ``first`` is the stream's first time ``t0``), or 0 when
+    ``first`` is None."""
     n = len(user)
-    dt_user = np.zeros(n)
-    dt_item = np.zeros(n)
+    dt_user = np.zeros(n) if first is None else t - first
+    dt_item = dt_user.copy()
     prev_item = np.full(n, n_items, np.int64)
     for key, dt in ((user, dt_user), (item, dt_item)):
         order = np.argsort(key, kind="stable")

@@ -89,7 +89,7 @@ def _reference_epochs(model: JODIE, train: Interactions, epochs: int) -> list[fl
     params = {k: torch.nn.Parameter(v) for k, v in params.items()}
     opt = torch.optim.Adam(params.values(), lr=model.learning_rate, weight_decay=model.weight_decay)
     user, item, t = train.user.astype(np.int64), train.item.astype(np.int64), train.t
-    dt_u, dt_i, prev = time_deltas(user, item, t, ni)
+    dt_u, dt_i, prev = time_deltas(user, item, t, ni, first=model._t0)
     dts = np.stack([model._standardize(dt_u, 0), model._standardize(dt_i, 1)], 1)
     dts = torch.tensor(dts, dtype=torch.float32)
     feats = torch.tensor(train.features)
@@ -255,3 +255,155 @@ def test_one_hot_too_large_asks_for_codes():
 def test_bad_parameters_are_reported():
     with pytest.raises(UsageError, match="windows"):
         JODIE(windows=0).fit(random_stream(n_events=50))
+
+
+class _StaticStub:
+    """Stands in for StaticAdam in the dense reference: the static tables are plain parameters of
+    the reference's torch Adam."""
+
+    steps = 0
+
+    def read(self, name, rows):
+        pass
+
+    def sync(self):
+        pass
+
+    def describe(self):
+        return {}
+
+
+class _DenseAdamJODIE(JODIE):
+    """The authors' optimizer written plainly: one ``torch.optim.Adam`` (single-tensor, L2 weight
+    decay) over every parameter, the full static tables included (dense gradients, zero on rows
+    without events), then ``zero_grad()``, as their training loop runs on current torch."""
+
+    def _apply_step(self, static_grads):
+        net = self._net
+        if not hasattr(self, "_ref_opt"):
+            self._ref_opt = torch.optim.Adam(net.parameters(), lr=self.learning_rate,
+                                             weight_decay=self.weight_decay, foreach=False)
+        for name in ("static_user", "static_item"):
+            getattr(net, name).grad = torch.zeros_like(getattr(net, name))
+        for name, idx, g in static_grads:
+            if g is not None:
+                getattr(net, name).grad.index_add_(0, idx, g)
+        self._ref_opt.step()
+        self._ref_opt.zero_grad()
+        self._cache = None
+
+
+def _gaps(model: JODIE) -> tuple[int, int]:
+    """Longest run of steps a static row went without a gradient, and rows never read."""
+    longest, never = 0, 0
+    for key, n in (("init_users", model._n_users), ("prev_items", model._n_items + 1)):
+        last = np.zeros(n, np.int64)
+        seen = np.zeros(n, bool)
+        for step, plan in enumerate(model._plans, 1):
+            rows = plan[key].numpy()
+            longest = max(longest, int((step - last[rows]).max()))
+            last[rows], seen[rows] = step, True
+        longest = max(longest, int((len(model._plans) - last).max()))
+        never += int((~seen).sum())
+    return longest, never
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_static_optimizer_is_dense_adam(kernel):
+    """Proof of the default optimizer: two epochs of 200 windows each, the lazily caught-up static
+    rows against torch's dense Adam over everything, every parameter equal to 1e-6 relative."""
+    from harness_jodie import _optim
+
+    if kernel and not _optim.kernel_available():
+        pytest.skip("the C kernel was not built")
+    rng = np.random.default_rng(11)
+    n = 1200
+    user = np.minimum(rng.zipf(1.6, n) - 1, 59)  # a few busy users, many rare ones
+    item = np.minimum(rng.zipf(1.4, n) - 1, 29)
+    user[:100] = rng.integers(40, 60, 100)  # then seen rarely or never again
+    # Users 60-69 and items 30-34 never occur in training: their rows only decay.
+    stream = Interactions.from_arrays(
+        user, item, np.arange(n, dtype=float) + rng.random(n), label=rng.random(n) < 0.05,
+        features=rng.normal(size=(n, 2)), n_users=70, n_items=35)
+    model = JODIE(embedding_size=8, windows=200)
+    model.fit(stream, seed=2)
+    if not kernel:  # the fallback: torch's own (fused) Adam over the full tables
+        model._static = _optim.StaticAdam(
+            {"static_user": model._net.static_user, "static_item": model._net.static_item},
+            model.learning_rate, model.weight_decay, use_kernel=False)
+    assert model._static.kernel == kernel
+    reference = copy.deepcopy(model)
+    reference.__class__ = _DenseAdamJODIE
+    reference._static = _StaticStub()
+    sparse = JODIE(embedding_size=8, windows=200, lazy_static=True)
+    sparse.fit(stream, seed=2)
+    never_read = model._net.static_user.detach()[60:].clone()
+    longest, never = _gaps(model)
+    assert longest >= 150 and never >= 15  # rows skipped for most of an epoch, some never read
+    for _ in range(2):
+        got, want = model.train_epoch(), reference.train_epoch()
+        sparse.train_epoch()
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    params = dict(model._net.named_parameters())
+    for name, expected in reference._net.named_parameters():
+        scale = float(expected.detach().abs().max())
+        err = float((params[name].detach() - expected.detach()).abs().max())
+        assert err <= 1e-6 * scale, (name, err, scale)
+    static = reference._net.static_user.detach()
+    gap = float((sparse._net.static_user.detach() - static).abs().max())
+    assert gap > 1e-3 * float(static.abs().max())  # the test can tell the old optimizer apart
+    decayed = reference._net.static_user.detach()[60:]  # never read: Adam's weight decay alone
+    assert float(decayed.abs().max()) < 1e-3 * float(never_read.abs().max())
+
+
+def test_online_state_comes_before_the_step_that_uses_its_label():
+    """Issue 10: with online updates, the state probability of the event that closes a window
+    must not see that event's label through the window's optimizer step."""
+    stream = random_stream(n_events=700, seed=8)
+    train, rest = stream[:400], stream[400:]
+    model = _fitted(train, epochs=1, online_updates=True)
+    probe = copy.deepcopy(model)
+    closing = []
+    for j in range(len(rest)):  # one event at a time: find the events after which a step is taken
+        before = probe._static.steps
+        probe.score(rest[j:j + 1])
+        probe.observe(rest[j:j + 1])
+        probe.predict_state(rest[j:j + 1])
+        if probe._static.steps > before:
+            closing.append(j)
+    assert len(closing) >= 3
+    j = closing[1]
+    label = rest.label.copy()
+    label[j] = 1 - label[j]
+    flipped = Interactions.from_arrays(rest.user, rest.item, rest.t, label=label,
+                                       features=rest.features, n_users=rest.n_users,
+                                       n_items=rest.n_items)
+    for max_block in (1, 1024):
+        _, states = _replay(copy.deepcopy(model), rest, max_block)
+        _, states_flipped = _replay(copy.deepcopy(model), flipped, max_block)
+        np.testing.assert_array_equal(states[:j + 1], states_flipped[:j + 1])
+        assert not np.array_equal(states[j + 1:], states_flipped[j + 1:])  # the label is used
+
+
+def test_first_delta_since_start_or_zero():
+    user = np.array([0, 1, 0, 0])
+    item = np.array([2, 2, 1, 2])
+    t = np.array([1.0, 3.0, 4.0, 10.0])
+    du, di, _ = time_deltas(user, item, t, 3, first=1.0)
+    np.testing.assert_array_equal(du, [0, 2, 3, 6])
+    np.testing.assert_array_equal(di, [0, 2, 3, 7])
+    stream = random_stream(n_events=300, seed=1)
+    default, zero = JODIE(embedding_size=8, windows=10), JODIE(embedding_size=8, windows=10,
+                                                                  first_delta="zero")
+    assert default.first_delta == "since_start"
+    default.fit(stream, seed=0)
+    zero.fit(stream, seed=0)
+    assert default._dt_stats != zero._dt_stats
+    # A node first seen during evaluation gets t - t0 as well (standardized with training stats).
+    later = np.array([stream.t[-1] + 50.0])
+    got = float(default._dt64(later, np.array([np.nan]), 0)[0, 0])
+    assert got == pytest.approx(float(default._standardize(later - stream.t[0], 0)[0]))
+    assert float(zero._dt64(later, np.array([np.nan]), 0)[0, 0]) == pytest.approx(
+        float(zero._standardize(np.zeros(1), 0)[0]))
+    with pytest.raises(UsageError, match="first_delta"):
+        JODIE(first_delta="never").fit(stream)
