@@ -234,13 +234,13 @@ class JODIE(Model):
         )
         plans = plan_windows(user, item, t, prev, self.windows)
         dev = self._dev
-        as_long = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long, device=dev)  # noqa: E731
+        as_long = lambda a: torch.tensor(a, dtype=torch.long, device=dev)  # noqa: E731
         self._train_user_np = user
         self._user_t = as_long(user)
         self._plans = [self._plan_tensors(p, prev, as_long) for p in plans]
         dts = np.stack([self._standardize(dt_u, 0), self._standardize(dt_i, 1)], axis=1)
         self._dt = torch.as_tensor(dts, dtype=torch.float32, device=dev)
-        self._features = torch.as_tensor(train.features, dtype=torch.float32, device=dev)
+        self._features = torch.tensor(train.features, dtype=torch.float32, device=dev)
         self._item = as_long(item)
         self._label = as_long(train.label)
         positives = int(train.label.sum())
@@ -539,7 +539,7 @@ class JODIE(Model):
             i_new = self._update64(
                 self._U[users[:earlier]].double(), self._I[items].double(), dtu[:earlier],
                 self._dt64(block.t[:earlier], self._last_i[items_np], 1),
-                torch.as_tensor(block.features[:earlier], device=dev).double(), "item",
+                torch.tensor(block.features[:earlier], device=dev).double(), "item",
             ).double()
             # A user's previous item updated earlier in the block enters with its new state.
             sorter = np.argsort(items_np)
@@ -590,7 +590,7 @@ class JODIE(Model):
             u_in, i_in = self._U[users].double(), self._I[items].double()
             dtu = self._dt64(block.t, self._last_u[users_np], 0)
             dti = self._dt64(block.t, self._last_i[items_np], 1)
-            f = torch.as_tensor(block.features, device=dev).double()
+            f = torch.tensor(block.features, device=dev).double()
             u_new = self._update64(u_in, i_in, dtu, dti, f, "user")
             i_new = self._update64(u_in, i_in, dtu, dti, f, "item")
             self._U[users], self._I[items] = u_new, i_new
@@ -656,7 +656,7 @@ class JODIE(Model):
         p_dyn = self._live_i.get(p, self._I[p].clone())[None]
         dtu = self._dt64(block.t[j:j + 1], self._last_u[u:u + 1], 0).float()
         dti = self._dt64(block.t[j:j + 1], self._last_i[i:i + 1], 1).float()
-        f = torch.as_tensor(block.features[j:j + 1], device=dev)
+        f = torch.tensor(block.features[j:j + 1], device=dev)
         proj = u_in * (1 + dtu * net.proj_w + net.proj_b)
         pred = proj @ net.pred_user.t() + p_dyn @ net.pred_item.t() + net.pred_b
         if self._static is not None:
