@@ -73,7 +73,7 @@ class TimeLSTM(RecurrentRecommender):
       time); the embedding the state head reads after an event is the cell that reads the event's
       item at ``dt = 0`` (its output at the event's own time).
     - Training, optimizer, the start token and the end-of-epoch state refresh as for
-      :class:`harness_lstm.LSTM` (Adam at 1e-3 by default; the authors' Adagrad at 0.01 with
+      :class:`harness_lstm.LSTM` (Adam at 1e-2 by default; the authors' Adagrad at 0.01 with
       ``optimizer="adagrad", learning_rate=0.01``). Their batch of 5 whole sequences is
       ``batch_size`` lanes with truncated back-propagation through ``bptt`` steps here.
     """
@@ -87,7 +87,7 @@ class TimeLSTM(RecurrentRecommender):
         self,
         *,
         embedding_size: int = 128,
-        learning_rate: float = 1e-3,
+        learning_rate: float = 1e-2,
         batch_size: int = 32,
         bptt: int = 20,
         optimizer: str = "adam",
@@ -114,7 +114,7 @@ class TimeLSTM(RecurrentRecommender):
     def search_space(cls, trial: Any) -> dict[str, Any]:
         return {
             "embedding_size": trial.suggest_categorical("embedding_size", [32, 64, 128, 256]),
-            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
+            "learning_rate": trial.suggest_float("learning_rate", 1e-3, 3e-2, log=True),
             "batch_size": trial.suggest_categorical("batch_size", [16, 32, 64, 128]),
             "bptt": trial.suggest_categorical("bptt", [10, 20, 50]),
             "time_scale": trial.suggest_categorical("time_scale", ["log1p-hours", "standardize"]),
