@@ -295,6 +295,8 @@ class RecurrentRecommender(Model):
             raise UsageError(f"{self._display}.train_epoch() was called before fit()")
         out = self._epoch(update=True)
         self._epochs += 1
+        self.fit_report.update(lanes=out["lanes"], lane_steps=out["grid_steps"],
+                               optimizer_steps=-(-out["grid_steps"] // self.bptt))
         self._refresh_states()
         return out["losses"]
 
