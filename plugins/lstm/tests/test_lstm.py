@@ -219,3 +219,13 @@ def test_bad_parameters_are_refused(params):
 def test_predicting_before_fit_is_refused():
     with pytest.raises(UsageError, match="before fit"):
         LSTM().score(random_stream(n_events=10)[:1])
+
+
+def test_search_space_suggests_constructor_parameters():
+    import optuna
+
+    trial = optuna.trial.FixedTrial({"embedding_size": 32, "learning_rate": 0.005, "batch_size": 16,
+                                     "bptt": 10})
+    params = LSTM.search_space(trial)
+    assert set(params) <= set(LSTM.param_names())
+    LSTM(**params, num_threads=1).fit(random_stream(n_events=50))

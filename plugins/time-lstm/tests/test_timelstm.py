@@ -190,3 +190,13 @@ def test_time_scales():
 def test_bad_parameters_are_refused(params):
     with pytest.raises(UsageError):
         TimeLSTM(**params).fit(random_stream(n_events=50))
+
+
+def test_search_space_suggests_constructor_parameters():
+    import optuna
+
+    trial = optuna.trial.FixedTrial({"embedding_size": 32, "learning_rate": 0.005, "batch_size": 16,
+                                     "bptt": 10, "time_scale": "standardize"})
+    params = TimeLSTM.search_space(trial)
+    assert set(params) <= set(TimeLSTM.param_names())
+    TimeLSTM(**params).fit(random_stream(n_events=50))
