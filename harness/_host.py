@@ -54,6 +54,9 @@ class _Host:
     def train_epoch(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         return {"losses": dict(self.model.train_epoch() or {})}
 
+    def sync(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {}
+
     def space(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         assert self.conn is not None
         return {"params": type(self.model).search_space(_TrialProxy(self.conn))}

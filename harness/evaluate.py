@@ -67,7 +67,6 @@ class Protocol:
     patience: int = 5
     max_block: int = 1024
     audits: int = 16
-    audit_window: int = 64
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -80,9 +79,8 @@ class Protocol:
                               for given, default in zip((self.train, self.valid, self.test), defaults))
         if self.name == "sessions":
             train = round(1.0 - valid - test, 10)  # every session is in one part
-        if self.audits < 0 or self.audit_window < 1:
-            raise UsageError(f"audits must be >= 0 and audit_window >= 1, but got "
-                             f"audits={self.audits}, audit_window={self.audit_window}")
+        if self.audits < 0:
+            raise UsageError(f"audits must be >= 0, but got {self.audits}")
         if min(train, valid, test) <= 0 or train + valid + test > 1 + 1e-9:
             raise UsageError(
                 "split fractions must be positive and sum to at most 1, but got "
@@ -285,22 +283,14 @@ AUDIT_COUNTS = ("lookahead_blocks", "lookahead_rows", "twice_blocks", "forks")
 
 
 class _Auditor:
-    """Where a pass audits (seeded). The pass forks the model's process at the start of every
-    window of ``protocol.audit_window`` blocks, so a fork tells the model nothing; in
-    ``protocol.audits`` windows drawn at random the fork follows the real events up to a random
-    block and is then asked about an altered copy of it, in others the pass scores a random block
-    twice."""
+    """Which blocks a pass audits (seeded): ``protocol.audits`` blocks re-scored with their own
+    and later events altered, and as many other blocks scored twice."""
 
     def __init__(self, protocol: Protocol, seed: int, pass_number: int, n_blocks: int) -> None:
-        self.window = max(1, protocol.audit_window)
         self.rng = np.random.default_rng([seed, pass_number, 0xA0D17])
-        n_windows = -(-n_blocks // self.window)
-        k = min(protocol.audits, n_windows)
-        self.lookahead = set(self.rng.choice(n_windows, k, replace=False).tolist())
-        self.twice = set(self.rng.choice(n_windows, k, replace=False).tolist())
-
-    def target(self, window: int, size: int, chosen: set[int]) -> int | None:
-        return int(self.rng.integers(size)) if window in chosen else None
+        k = min(protocol.audits, n_blocks)
+        self.lookahead = set(self.rng.choice(n_blocks, k, replace=False).tolist())
+        self.twice = set(self.rng.choice(n_blocks, k, replace=False).tolist())
 
 
 def _altered(block: Interactions, j: int, rng: np.random.Generator, only_label: bool) -> Interactions:
@@ -383,7 +373,13 @@ def _stream(
     auditor: _Auditor | None = None,
 ) -> _Collector:
     """Feed events ``[start, stop)`` of ``data.events`` to ``proc`` block by block, auditing the
-    pass when an ``auditor`` is given."""
+    pass when an ``auditor`` is given.
+
+    Audits never touch the pass's process, so it cannot tell an audited block from another: a
+    shadow, forked from it before the first block, gets the same calls without answering. Before
+    an audited block the shadow forks a copy that is asked about the block with its own and later
+    events altered; its answer is compared with the pass's answer at the end of the pass.
+    """
     out = _Collector()
     want_rank = "rank" in capabilities and protocol.name != "state"
     want_state = "state" in capabilities and protocol.name != "sessions"
@@ -391,85 +387,87 @@ def _stream(
     events = data.events
     clock = time.perf_counter
     todo = [(max(a, start), min(b, stop)) for a, b in blocks if a < stop and b > start]
-    window = auditor.window if auditor else len(todo) or 1
-    for w, first in enumerate(range(0, len(todo), window)):
-        chunk = todo[first:first + window]
-        clone, lookahead_at, twice_at = None, None, None
-        if auditor is not None:
-            clone = proc.fork()
-            out.audit["forks"] += 1
-            lookahead_at = auditor.target(w, len(chunk), auditor.lookahead)
-            twice_at = auditor.target(w, len(chunk), auditor.twice)
-            if lookahead_at is None:
-                clone.close()
-                clone = None
-        for k, (a, b) in enumerate(chunk):
-            block = events[a:b]
-            ranked = data.ranked[a:b]
-            score = want_rank and bool(ranked.any())
-            ends = ~np.isnan(data.gap[a:b]) if want_gap else None
-            n_ends = int(ends.sum()) if ends is not None else 0
-            index = data.index[a:b]
-            tic = clock()
-            alt = alt_label = None
-            j = 0
-            if clone is not None and lookahead_at is not None and k >= lookahead_at:
-                if score or want_state:
-                    assert auditor is not None
-                    j = int(auditor.rng.integers(b - a))
-                    label_clone = clone.fork() if want_state else None
-                    out.audit["forks"] += label_clone is not None
-                    alt = clone.step(_altered(block, j, auditor.rng, False), score=score,
-                                     state=want_state)
-                    if label_clone is not None:
-                        alt_label = label_clone.step(_altered(block, j, auditor.rng, True),
-                                                     score=score, state=True)
-                        label_clone.close()
-                    clone.close()
-                    clone = None
-                else:
-                    clone.step(block, score=score, state=want_state, ends=ends, reply=False)
-            elif clone is not None:  # the same calls as the pass, so only the alteration differs
-                clone.step(block, score=score, state=want_state, ends=ends, reply=False)
-            first_scores = proc.score(block) if score and k == twice_at else None
-            got = proc.step(block, score=score, state=want_state, ends=ends)
-            out.model_seconds += clock() - tic
-            _check_answers(got, block, score, want_state, n_ends, index)
-            if first_scores is not None:
-                _compare(got.scores, first_scores, b - a, int(index[0]),
-                         "score() changed the model's state: scoring the same block twice gave "
-                         "different rows, block starting")
-                out.audit["twice_blocks"] += 1
-            if alt is not None:
-                why = ("look-ahead: a score row depends on its own or a later event's item, label "
-                       "or features")
-                _compare(got.scores, alt.scores, j + 1, int(index[j]), why)
-                _compare(got.state, alt.state, j, int(index[j]),
-                         "look-ahead: a state prediction depends on a later event")
-                if alt_label is not None:
-                    _compare(got.scores, alt_label.scores, j + 1, int(index[j]), why)
-                    _compare(got.state, alt_label.state, j + 1, int(index[j]),
-                             "look-ahead: a state prediction depends on its own event's label")
-                out.audit["lookahead_blocks"] += 1
-                out.audit["lookahead_rows"] += j + 1
-            if score:
-                assert got.scores is not None
-                best, worst = rank_bounds(got.scores[ranked], block.item[ranked], protocol.tie_policy)
-                out.best.append(best)
-                out.worst.append(worst)
-                out.rank_split.append(data.split[a:b][ranked])
-            if want_state:
-                assert got.state is not None
-                out.state.append((block.label, got.state.astype(np.float64), data.split[a:b]))
-            if n_ends:
-                assert ends is not None and got.gap is not None
-                out.gaps.append((data.gap[a:b][ends], got.gap.astype(np.float64), data.split[a:b][ends]))
-            out.events += b - a
-            if progress is not None:
-                progress(b - a)
-        if clone is not None:
-            clone.close()
+    shadow = proc.fork() if auditor is not None else None
+    audits: list[tuple[Step, Any, Any, int, int]] = []
+    for k, (a, b) in enumerate(todo):
+        block = events[a:b]
+        ranked = data.ranked[a:b]
+        score = want_rank and bool(ranked.any())
+        ends = ~np.isnan(data.gap[a:b]) if want_gap else None
+        n_ends = int(ends.sum()) if ends is not None else 0
+        index = data.index[a:b]
+        tic = clock()
+        audit: tuple[Any, Any, int] | None = None
+        if shadow is not None:
+            assert auditor is not None
+            if k in auditor.lookahead and (score or want_state):
+                j = int(auditor.rng.integers(b - a))
+                altered = shadow.fork(wait=False)
+                altered.step(_altered(block, j, auditor.rng, False), score=score, state=want_state,
+                             answer_later=True)
+                relabelled = None
+                if want_state:
+                    relabelled = shadow.fork(wait=False)
+                    relabelled.step(_altered(block, j, auditor.rng, True), score=score, state=True,
+                                    answer_later=True)
+                out.audit["forks"] += 1 + want_state
+                audit = (altered, relabelled, j)
+            shadow.step(block, score=score, state=want_state, ends=ends, reply=False)
+        first_scores = proc.score(block) if score and auditor and k in auditor.twice else None
+        got = proc.step(block, score=score, state=want_state, ends=ends)
+        out.model_seconds += clock() - tic
+        _check_answers(got, block, score, want_state, n_ends, index)
+        if first_scores is not None:
+            _compare(got.scores, first_scores, b - a, int(index[0]),
+                     "score() changed the model's state: scoring the same block twice gave "
+                     "different rows, block starting")
+            out.audit["twice_blocks"] += 1
+        if audit is not None:
+            audits.append((got, *audit, int(index[audit[2]])))
+        if score:
+            assert got.scores is not None
+            best, worst = rank_bounds(got.scores[ranked], block.item[ranked], protocol.tie_policy)
+            out.best.append(best)
+            out.worst.append(worst)
+            out.rank_split.append(data.split[a:b][ranked])
+        if want_state:
+            assert got.state is not None
+            out.state.append((block.label, got.state.astype(np.float64), data.split[a:b]))
+        if n_ends:
+            assert ends is not None and got.gap is not None
+            out.gaps.append((data.gap[a:b][ends], got.gap.astype(np.float64), data.split[a:b][ends]))
+        out.events += b - a
+        if progress is not None:
+            progress(b - a)
+    if shadow is not None:
+        out.audit["forks"] += 1
+        _settle(shadow, audits, out)
     return out
+
+
+def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int]], out: _Collector) -> None:
+    """Compare the audited answers, once the shadow and its copies have given them."""
+    why = "look-ahead: a score row depends on its own or a later event's item, label or features"
+    try:
+        shadow.sync()
+        for got, altered, relabelled, j, event in audits:
+            alt = altered.answer()
+            _compare(got.scores, alt.scores, j + 1, event, why)
+            _compare(got.state, alt.state, j, event,
+                     "look-ahead: a state prediction depends on a later event")
+            if relabelled is not None:
+                alt = relabelled.answer()
+                _compare(got.scores, alt.scores, j + 1, event, why)
+                _compare(got.state, alt.state, j + 1, event,
+                         "look-ahead: a state prediction depends on its own event's label")
+            out.audit["lookahead_blocks"] += 1
+            out.audit["lookahead_rows"] += j + 1
+    finally:
+        for _, altered, relabelled, _, _ in audits:
+            for clone in (altered, relabelled):
+                if clone is not None:
+                    clone.close()
+        shadow.close()
 
 
 def evaluate(
@@ -603,7 +601,7 @@ def _evaluate(
         "samples": {"epoch_fit_seconds": fit_samples, "valid_seconds": valid_samples,
                     "test_seconds": [test_seconds]},
     }
-    audit = {**collected.audit, "audits_per_pass": protocol.audits, "window": protocol.audit_window}
+    audit = {**collected.audit, "audits_per_pass": protocol.audits}
     return Evaluation(
         _plain(metrics), epoch_records, best_epoch if n_epochs else None, timing, notes,
         _plain(report) if report is not None else None, audit=audit, meta=meta,

@@ -160,6 +160,7 @@ class ModelProcess:
         self.meta = meta
         self._group = group
         self._max_bytes = max_bytes
+        self._unacknowledged = 0
         self.forks = 0
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -196,8 +197,10 @@ class ModelProcess:
             raise
         return self
 
-    def fork(self) -> ModelProcess:
-        """A copy of this process in its current state (a new process; this one is unchanged)."""
+    def fork(self, *, wait: bool = True) -> ModelProcess:
+        """A copy of this process in its state after the requests sent so far (a new process;
+        this one is unchanged). Without ``wait`` the copy is made when this process gets to the
+        request; :meth:`sync` collects the acknowledgement."""
         ours, theirs = socket.socketpair()
         try:
             send(self._conn, {"op": "fork"})
@@ -207,9 +210,19 @@ class ModelProcess:
         finally:
             theirs.close()
         child = ModelProcess(Connection(ours.detach()), self.meta, self._group, self._max_bytes)
-        self._answer()
+        self._unacknowledged += 1
+        if wait:
+            self.sync()
         self.forks += 1
         return child
+
+    def sync(self) -> None:
+        """Wait until this process has handled every request sent so far (raising the error of
+        one that failed without a reply)."""
+        for _ in range(self._unacknowledged):
+            self._answer()
+        self._unacknowledged = 0
+        self._call({"op": "sync"})
 
     def close(self) -> None:
         """End this process (a fork ends on its own when its channel closes)."""
@@ -251,18 +264,21 @@ class ModelProcess:
             raise ModelError(f"train_epoch() must return numbers as losses, got {losses!r}") from None
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
-             ends: np.ndarray | None = None, reply: bool = True) -> Step:
+             ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False) -> Step:
         """Score the block (if ``score``), then observe it, then predict states and the return
         times of the users whose visits end at ``ends``. Without ``reply`` nothing comes back
-        (an error surfaces at the next call)."""
+        (an error surfaces at the next :meth:`sync`); with ``answer_later`` the answer waits for
+        :meth:`answer`."""
         header = {"op": "step", "score": score, "state": state, "reply": reply, **_sizes(block)}
         arrays = block_arrays(block)
         if ends is not None and ends.any():
             arrays["ends"] = ends
-        if not reply:
-            self._send(header, arrays)
-            return Step()
-        _, got = self._call(header, arrays)
+        self._send(header, arrays)
+        return self.answer() if reply and not answer_later else Step()
+
+    def answer(self) -> Step:
+        """The answer to a step sent with ``answer_later``."""
+        _, got = self._answer()
         return Step(got.get("scores"), got.get("state"), got.get("gap"))
 
     def score(self, block: Interactions) -> np.ndarray:

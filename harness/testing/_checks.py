@@ -291,7 +291,7 @@ def check_audited_run(model: Model) -> None:
 
     caps = type(model).capabilities
     name = "streaming" if "rank" in caps else "state" if "state" in caps else "sessions"
-    protocol = Protocol(name, audits=64, audit_window=16)
+    protocol = Protocol(name, audits=64)
     try:
         evaluate(_clone(model), realistic_stream(), protocol, epochs=1)
     except HarnessError as exc:
