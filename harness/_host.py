@@ -13,13 +13,12 @@ import os
 import pickle
 import sys
 import traceback
-from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle
 from typing import Any
 
 import numpy as np
 
-from harness._wire import DTYPES, receive, send
+from harness._wire import DTYPES, Channel, receive, send
 from harness.errors import HarnessError
 from harness.interactions import Interactions
 from harness.sandbox import _COLUMNS, _die_with_parent, model_meta
@@ -31,7 +30,7 @@ class _Host:
         self.meta: dict[str, Any] = {}
         self.children: set[int] = set()
         self.pending_error: dict[str, Any] | None = None
-        self.conn: Connection | None = None
+        self.conn: Channel | None = None
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -84,7 +83,7 @@ class _Host:
 
     # -- serving ----------------------------------------------------------------------------------
 
-    def serve(self, conn: Connection) -> None:
+    def serve(self, conn: Channel) -> None:
         """Answer requests until ``exit`` or until the evaluator closes the channel."""
         self.conn = conn
         while True:
@@ -116,7 +115,7 @@ class _Host:
             elif not message["ok"]:
                 self.pending_error = message
 
-    def _fork(self, conn: Connection) -> None:
+    def _fork(self, conn: Channel) -> None:
         fd = recv_handle(conn)
         pid = os.fork()
         if pid == 0:
@@ -125,7 +124,7 @@ class _Host:
             _die_with_parent()
             _one_thread_after_fork()
             try:
-                self.serve(Connection(fd))
+                self.serve(Channel.from_fd(fd))
             finally:
                 os._exit(0)
         os.close(fd)
@@ -146,7 +145,7 @@ class _TrialProxy:
     """Stands in for an Optuna trial in ``search_space``: each suggestion is asked of the
     evaluator's side, which holds the real trial."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Channel) -> None:
         self._conn = conn
 
     def _ask(self, kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -207,7 +206,7 @@ def main() -> None:
     fd = int(sys.argv[1])
     sys.argv = sys.argv[:1]  # nothing about the run (a dataset path) stays visible
     _die_with_parent()
-    _Host().serve(Connection(fd))
+    _Host().serve(Channel.from_fd(fd))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-from multiprocessing.connection import Connection
+import socket
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "WireError", "receive", "send"]
+__all__ = ["DTYPES", "Channel", "WireError", "encode", "receive", "send"]
 
 #: The only dtypes that cross the boundary.
 DTYPES = frozenset({"float64", "float32", "int64", "int32", "int8", "bool"})
@@ -28,24 +28,65 @@ class WireError(Exception):
     """A message that does not follow the format (from a broken or hostile model process)."""
 
 
-def send(conn: Connection, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
-    """Send ``header`` (JSON values) and ``arrays`` as one frame: the header's length (4 bytes),
-    the header, then the arrays' bytes."""
+class Channel:
+    """Length-prefixed frames over a connected Unix socket; :meth:`send_frames` writes several
+    frames in one system call."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    def from_fd(cls, fd: int) -> Channel:
+        return cls(socket.socket(fileno=fd))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        self.sock.sendall(b"".join(part for f in frames for part in (len(f).to_bytes(8, "little"), f)))
+
+    def recv_frame(self, limit: int | None = None) -> bytearray:
+        size = int.from_bytes(self._exactly(8), "little")
+        if limit is not None and size > limit:
+            raise WireError(f"a frame of {size} bytes exceeds the limit of {limit}")
+        return self._exactly(size)
+
+    def _exactly(self, n: int) -> bytearray:
+        buffer = bytearray(n)
+        view, got = memoryview(buffer), 0
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise EOFError("the other side closed the channel")
+            got += k
+        return buffer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    """One frame: the header's length (4 bytes), the header as JSON, then the arrays' bytes."""
     parts = [np.ascontiguousarray(a) for a in (arrays or {}).values()]
     if parts:
         header = {**header, "arrays": [[key, _NAMES.get(a.dtype) or a.dtype.name, a.shape]
                                        for key, a in zip(arrays or {}, parts)]}
     head = json.dumps(header, allow_nan=True).encode()
-    conn.send_bytes(b"".join([len(head).to_bytes(4, "little"), head, *(a.tobytes() for a in parts)]))
+    return b"".join([len(head).to_bytes(4, "little"), head, *(a.tobytes() for a in parts)])
 
 
-def receive(conn: Connection, max_bytes: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def send(chan: Channel, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Send ``header`` (JSON values) and ``arrays`` as one frame."""
+    chan.send_frames([encode(header, arrays)])
+
+
+def receive(chan: Channel, max_bytes: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Receive one frame: its header and its arrays (owned, read-only).
 
     Raises :class:`WireError` for anything that does not follow the format, ``EOFError`` when
     the other side has gone.
     """
-    frame = conn.recv_bytes(None if max_bytes is None else max_bytes + _MAX_HEADER)
+    frame = chan.recv_frame(None if max_bytes is None else max_bytes + _MAX_HEADER)
     size = int.from_bytes(frame[:4], "little")
     if len(frame) < 4 or size > _MAX_HEADER or 4 + size > len(frame):
         raise WireError("a frame is shorter than its header says")

@@ -22,13 +22,12 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
 from multiprocessing.reduction import send_handle
 from typing import Any
 
 import numpy as np
 
-from harness._wire import WireError, receive, send
+from harness._wire import Channel, WireError, encode, receive
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 
@@ -154,13 +153,14 @@ class ModelProcess:
     model's own usage errors); a process that dies or breaks the format, as :class:`ModelError`.
     """
 
-    def __init__(self, conn: Connection, meta: dict[str, Any], group: int, max_bytes: int) -> None:
+    def __init__(self, conn: Channel, meta: dict[str, Any], group: int, max_bytes: int) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn = conn
         self.meta = meta
         self._group = group
         self._max_bytes = max_bytes
         self._unacknowledged = 0
+        self._outbox: list[bytes] = []  # requests that need no answer, written in batches
         self.forks = 0
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ class ModelProcess:
             pass_fds=[theirs.fileno()], env=env, start_new_session=True, stdin=subprocess.DEVNULL,
         )
         theirs.close()
-        self = cls(Connection(ours.detach()), {}, process.pid, max_bytes)
+        self = cls(Channel(ours), {}, process.pid, max_bytes)
         self._process = process
         header: dict[str, Any]
         if isinstance(model, ModelRef):
@@ -203,13 +203,13 @@ class ModelProcess:
         request; :meth:`sync` collects the acknowledgement."""
         ours, theirs = socket.socketpair()
         try:
-            send(self._conn, {"op": "fork"})
+            self._send({"op": "fork"})
             send_handle(self._conn, theirs.fileno(), self._group)
         except OSError as exc:
             raise ModelError(f"the model process has gone ({exc})") from None
         finally:
             theirs.close()
-        child = ModelProcess(Connection(ours.detach()), self.meta, self._group, self._max_bytes)
+        child = ModelProcess(Channel(ours), self.meta, self._group, self._max_bytes)
         self._unacknowledged += 1
         if wait:
             self.sync()
@@ -227,8 +227,8 @@ class ModelProcess:
     def close(self) -> None:
         """End this process (a fork ends on its own when its channel closes)."""
         try:
-            send(self._conn, {"op": "exit"})
-        except OSError:
+            self._send({"op": "exit"})
+        except (OSError, ModelError):
             pass
         self._conn.close()
 
@@ -273,7 +273,7 @@ class ModelProcess:
         arrays = block_arrays(block)
         if ends is not None and ends.any():
             arrays["ends"] = ends
-        self._send(header, arrays)
+        self._send(header, arrays, later=not reply)
         return self.answer() if reply and not answer_later else Step()
 
     def answer(self) -> Step:
@@ -315,9 +315,16 @@ class ModelProcess:
 
     # -- transport -------------------------------------------------------------------------------
 
-    def _send(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+    def _send(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
+              later: bool = False) -> None:
+        """Send a request; one that needs no answer (``later``) may wait in the outbox, which
+        goes out in one write with the next request that does, or when it holds 64."""
+        self._outbox.append(encode(header, arrays))
+        if later and len(self._outbox) < 64:
+            return
+        frames, self._outbox = self._outbox, []
         try:
-            send(self._conn, header, arrays)
+            self._conn.send_frames(frames)
         except OSError as exc:
             raise ModelError(f"the model process has gone ({exc})") from None
 
