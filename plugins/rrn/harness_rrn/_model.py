@@ -20,6 +20,10 @@ from harness_rrn._tbatch import Plan, item_patches, log_gaps, plan_window, time_
 
 __all__ = ["RRN"]
 
+#: Tables with a row per user: updated by a lazy Adam on the rows a window touches.
+_USER_TABLES = ("user_in", "static_user")
+_B1, _B2, _EPS = 0.9, 0.999, 1e-8
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -202,7 +206,7 @@ class RRN(Model):
                                 for v in (g.mean(), g.std() if g.std() > 0 else 1.0))
         as_long = lambda a: torch.as_tensor(np.array(a, dtype=np.int64), device=dev)  # noqa: E731
         self._user_t, self._item_t, self._label_t = as_long(user), as_long(item), as_long(train.label)
-        self._item_np = item
+        self._item_np, self._user_np = item, user
         cols = [self._std(gu, 0)[:, None], self._std(gi, 1)[:, None]]
         self._gaps = torch.as_tensor(np.concatenate(cols, 1), dtype=torch.float32, device=dev)
         self._features = torch.as_tensor(np.array(train.features[:, :nf]), dtype=torch.float32,
@@ -214,8 +218,13 @@ class RRN(Model):
         self._class_weight = torch.tensor([1.0, len(train) / (1.0 + positives)], device=dev)
         gen = torch.Generator().manual_seed(int(seed))
         self._net = _Net(d, s, nu, ni, 1 + nf, gen).to(dev)
-        self._opt = torch.optim.Adam(self._net.parameters(), lr=self.learning_rate,
-                                     weight_decay=self.weight_decay)
+        dense = [p for n, p in self._net.named_parameters() if n not in _USER_TABLES]
+        self._opt = torch.optim.Adam(dense, lr=self.learning_rate,
+                                     weight_decay=self.weight_decay,
+                                     fused=dev.type in ("cpu", "cuda"))
+        self._moments = {n: (torch.zeros_like(getattr(self._net, n)),
+                             torch.zeros_like(getattr(self._net, n))) for n in _USER_TABLES}
+        self._step = 0
         self._seed = int(seed)
         self._epochs = 0
         last_u = np.full(nu, np.nan)
@@ -266,15 +275,18 @@ class RRN(Model):
         ev = as_long(plan.order)
         m = plan.size
         users, items = self._user_t[ev], self._item_t[ev]
+        init_u, init_i = as_long(plan.init_users), as_long(plan.init_items)
+        # Rows of the user tables this window touches, as leaves (lazy Adam after backward).
+        u_inv = as_long(np.searchsorted(plan.init_users, self._user_np[plan.order]))
+        rows = {n: getattr(net, n).detach()[init_u].requires_grad_() for n in _USER_TABLES}
         extra = torch.cat([self._gaps[ev], self._features[ev]], 1)
         # Input parts of the gates for the whole window: [lookup, log gap, features].
         gx_u = torch.addmm(net.u_b, torch.cat([net.item_in[items], extra[:, :1], extra[:, 2:]], 1),
                            net.u_w_ih.t())
-        gx_i = torch.addmm(net.i_b, torch.cat([net.user_in[users], extra[:, 1:2], extra[:, 2:]], 1),
+        gx_i = torch.addmm(net.i_b, torch.cat([rows['user_in'][u_inv], extra[:, 1:2], extra[:, 2:]], 1),
                            net.i_w_ih.t())
         gx = torch.stack([gx_u, gx_i], 1)  # (m, 2, 4d)
         w_hh = torch.stack([net.u_w_hh.t(), net.i_w_hh.t()])  # (2, d, 4d)
-        init_u, init_i = as_long(plan.init_users), as_long(plan.init_items)
         ext = torch.cat([torch.zeros(2 * m, 2 * d, device=dev), self._U[init_u], self._I[init_i]])
         reads = as_long(np.stack([plan.read_user, plan.read_item], 1).reshape(-1))
         bounds = plan.bounds.tolist()
@@ -296,11 +308,10 @@ class RRN(Model):
         pj, px, psrc = item_patches(plan, self._item_np[plan.order])
         if len(pj):
             new_items = torch.addmm(net.b_m, ext[1:2 * m:2, :d], net.w_m.t())
-            pj_t, psrc_t = as_long(pj), as_long(psrc)
-            vals = (q[pj_t] * new_items[psrc_t]).sum(1)
-            logits = logits.index_put((pj_t, as_long(px)), vals)
+            vals = (q @ new_items.t()).view(-1)[as_long(pj * m + psrc)]
+            logits = logits.index_put((as_long(pj), as_long(px)), vals)
         if self.static_size:
-            logits = logits + net.static_user[users] @ net.static_item.t()
+            logits = logits + rows['static_user'][u_inv] @ net.static_item.t()
         target = items
         if self.n_negatives is not None:
             neg = rng.choice(self._n_items, size=min(self.n_negatives, self._n_items), replace=False)
@@ -318,11 +329,31 @@ class RRN(Model):
         loss.backward()
         self._opt.step()
         self._opt.zero_grad(set_to_none=True)
+        self._lazy_adam(init_u, rows)
         with torch.no_grad():
             self._U[as_long(plan.final_users)] = ext[as_long(plan.final_user_rows)]
             self._I[as_long(plan.final_items)] = ext[as_long(plan.final_item_rows)]
         return {"loss": float(loss.detach()), "ranking": float(l_rank.detach()),
                 "state": float(l_state.detach())}
+
+    @torch.no_grad()
+    def _lazy_adam(self, idx: torch.Tensor, rows: dict[str, torch.Tensor]) -> None:
+        """Adam (torch's update, L2 weight decay in the gradient) on the touched rows of the
+        per-user tables only; untouched rows keep their values and moments."""
+        self._step += 1
+        lr, wd, t = self.learning_rate, self.weight_decay, self._step
+        bias1, bias2 = 1 - _B1 ** t, 1 - _B2 ** t
+        for name, r in rows.items():
+            if r.grad is None:
+                continue
+            p = getattr(self._net, name)
+            m, v = self._moments[name]
+            g = r.grad + wd * r.detach()
+            mi = m[idx].mul_(_B1).add_(g, alpha=1 - _B1)
+            vi = v[idx].mul_(_B2).addcmul_(g, g, value=1 - _B2)
+            m[idx], v[idx] = mi, vi
+            denom = (vi.sqrt() / math.sqrt(bias2)).add_(_EPS)
+            p[idx] = r.detach().addcdiv(mi, denom, value=-lr / bias1)
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         net = self._net
