@@ -55,10 +55,10 @@ def latent_cross(h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
 
 
 def _cell(kind: str, gx: torch.Tensor, state: torch.Tensor, w_hh: torch.Tensor,
-          b_hh: torch.Tensor | None, d: int) -> torch.Tensor:
+          b_hh: torch.Tensor, d: int) -> torch.Tensor:
     """One recurrent step from the input part ``gx`` of the gates; ``state`` is ``[h | c]``
-    (LSTM, torch's gate order i, f, g, o, one bias folded into ``gx``) or ``h`` (GRU, torch's
-    order r, z, n with ``b_hh`` apart)."""
+    (LSTM, torch's gate order i, f, g, o, both biases folded into ``gx``, ``b_hh`` unused) or ``h``
+    (GRU, torch's order r, z, n with ``b_hh`` apart)."""
     h = state[:, :d]
     if kind == "lstm":
         i, f, g, o = (gx + h @ w_hh.t()).chunk(4, 1)

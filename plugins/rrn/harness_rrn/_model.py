@@ -205,7 +205,7 @@ class RRN(Model):
         self._gap_stats = tuple(float(v) for g in (gu, gi)
                                 for v in (g.mean(), g.std() if g.std() > 0 else 1.0))
         as_long = lambda a: torch.as_tensor(np.array(a, dtype=np.int64), device=dev)  # noqa: E731
-        self._user_t, self._item_t, self._label_t = as_long(user), as_long(item), as_long(train.label)
+        self._item_t, self._label_t = as_long(item), as_long(train.label)
         self._item_np, self._user_np = item, user
         cols = [self._std(gu, 0)[:, None], self._std(gi, 1)[:, None]]
         self._gaps = torch.as_tensor(np.concatenate(cols, 1), dtype=torch.float32, device=dev)
@@ -274,7 +274,7 @@ class RRN(Model):
         as_long = lambda a: torch.as_tensor(a, dtype=torch.long, device=dev)  # noqa: E731
         ev = as_long(plan.order)
         m = plan.size
-        users, items = self._user_t[ev], self._item_t[ev]
+        items = self._item_t[ev]
         init_u, init_i = as_long(plan.init_users), as_long(plan.init_items)
         # Rows of the user tables this window touches, as leaves (lazy Adam after backward).
         u_inv = as_long(np.searchsorted(plan.init_users, self._user_np[plan.order]))
@@ -288,6 +288,7 @@ class RRN(Model):
         gx = torch.stack([gx_u, gx_i], 1)  # (m, 2, 4d)
         w_hh = torch.stack([net.u_w_hh.t(), net.i_w_hh.t()])  # (2, d, 4d)
         ext = torch.cat([torch.zeros(2 * m, 2 * d, device=dev), self._U[init_u], self._I[init_i]])
+        assert plan.read_item is not None
         reads = as_long(np.stack([plan.read_user, plan.read_item], 1).reshape(-1))
         bounds = plan.bounds.tolist()
         for k in range(len(bounds) - 1):
