@@ -56,6 +56,90 @@ def _lstm(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return torch.sigmoid(o) * torch.tanh(c_new), c_new
 
 
+def coupled_lstm_reference(gx: torch.Tensor, w_hh: torch.Tensor, init: torch.Tensor,
+                           reads: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+    """The t-batch recurrence written plainly with autograd (the reference :class:`_CoupledLSTM`
+    is tested against). ``gx``: ``(m, 2, 4d)`` input parts of the user (0) and item (1) gates by
+    position; ``w_hh``: ``(2, d, 4d)``; ``init``: start states ``[h | c]`` of the window's users
+    then items; ``reads``: for position ``p``, rows ``2p`` and ``2p+1`` the table rows its user
+    and item start from. Returns the table: row ``2p`` (``2p+1``) the user's (item's) state after
+    position ``p``, then ``init``."""
+    m, d = gx.shape[0], w_hh.shape[1]
+    ext = torch.cat([torch.zeros(2 * m, 2 * d, dtype=init.dtype, device=init.device), init])
+    for k in range(len(bounds) - 1):
+        a, b = bounds[k], bounds[k + 1]
+        x = ext.index_select(0, reads[2 * a:2 * b]).view(b - a, 2, 2 * d)
+        gates = gx[a:b] + torch.bmm(x[..., :d].transpose(0, 1), w_hh).transpose(0, 1)
+        i, f, g, o = gates.chunk(4, 2)
+        c_new = torch.sigmoid(f) * x[..., d:] + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        ext = ext.slice_scatter(torch.cat([h_new, c_new], 2).view(2 * (b - a), 2 * d), 0, 2 * a, 2 * b)
+    return ext
+
+
+class _CoupledLSTM(torch.autograd.Function):
+    """:func:`coupled_lstm_reference` with a hand-written backward pass through the t-batches.
+
+    Autograd on the plain loop copies (and back-propagates) the whole window table at every
+    t-batch, which makes a window's cost grow with the square of its size; here every t-batch
+    reads and writes its own rows only, forward and backward."""
+
+    @staticmethod
+    def forward(ctx: Any, gx: torch.Tensor, w_hh: torch.Tensor, init: torch.Tensor,
+                reads: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+        m, d = gx.shape[0], w_hh.shape[1]
+        ext = torch.empty(2 * m + init.shape[0], 2 * d, dtype=gx.dtype, device=gx.device)
+        ext[2 * m:] = init
+        acts = torch.empty_like(gx)  # gate activations sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
+        for k in range(len(bounds) - 1):
+            a, b = bounds[k], bounds[k + 1]
+            x = ext.index_select(0, reads[2 * a:2 * b]).view(b - a, 2, 2 * d)
+            gates = gx[a:b] + torch.bmm(x[..., :d].transpose(0, 1), w_hh).transpose(0, 1)
+            act = acts[a:b]
+            torch.sigmoid(gates, out=act)
+            act[..., 2 * d:3 * d] = torch.tanh(gates[..., 2 * d:3 * d])
+            i, f, g, o = act.chunk(4, 2)
+            c_new = f * x[..., d:] + i * g
+            out = ext[2 * a:2 * b].view(b - a, 2, 2 * d)
+            out[..., d:] = c_new
+            out[..., :d] = o * torch.tanh(c_new)
+        ctx.save_for_backward(w_hh, reads, ext, acts)
+        ctx.bounds = bounds
+        return ext
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        w_hh, reads, ext, acts = ctx.saved_tensors
+        bounds = ctx.bounds
+        m, d = acts.shape[0], w_hh.shape[1]
+        grad = grads[0].clone()
+        d_gx = torch.empty_like(acts)
+        d_w = torch.zeros_like(w_hh)
+        w_t = w_hh.transpose(1, 2)
+        for k in range(len(bounds) - 2, -1, -1):
+            a, b = bounds[k], bounds[k + 1]
+            n = b - a
+            rows = reads[2 * a:2 * b]
+            x = ext.index_select(0, rows).view(n, 2, 2 * d)
+            c_prev = x[..., d:]
+            c_new = ext[2 * a:2 * b, d:].view(n, 2, d)
+            gy = grad[2 * a:2 * b].view(n, 2, 2 * d)
+            gh, gc = gy[..., :d], gy[..., d:]
+            i, f, g, o = acts[a:b].chunk(4, 2)
+            tc = torch.tanh(c_new)
+            dc = gc + gh * o * (1 - tc * tc)
+            dz = d_gx[a:b]
+            dz[..., :d] = dc * g * i * (1 - i)
+            dz[..., d:2 * d] = dc * c_prev * f * (1 - f)
+            dz[..., 2 * d:3 * d] = dc * i * (1 - g * g)
+            dz[..., 3 * d:] = gh * tc * o * (1 - o)
+            dz_t = dz.transpose(0, 1)  # (2, n, 4d)
+            d_w.baddbmm_(x[..., :d].transpose(0, 1).transpose(1, 2), dz_t)
+            dh_prev = torch.bmm(dz_t, w_t).transpose(0, 1)  # (n, 2, d)
+            grad.index_add_(0, rows, torch.cat([dh_prev, dc * f], 2).view(2 * n, 2 * d))
+        return d_gx, d_w, grad[2 * m:], None, None
+
+
 class _Net(nn.Module):
     def __init__(self, d: int, s: int, n_users: int, n_items: int, n_in: int,
                  generator: torch.Generator) -> None:
@@ -287,20 +371,10 @@ class RRN(Model):
                            net.i_w_ih.t())
         gx = torch.stack([gx_u, gx_i], 1)  # (m, 2, 4d)
         w_hh = torch.stack([net.u_w_hh.t(), net.i_w_hh.t()])  # (2, d, 4d)
-        ext = torch.cat([torch.zeros(2 * m, 2 * d, device=dev), self._U[init_u], self._I[init_i]])
+        init = torch.cat([self._U[init_u], self._I[init_i]])
         assert plan.read_item is not None
         reads = as_long(np.stack([plan.read_user, plan.read_item], 1).reshape(-1))
-        bounds = plan.bounds.tolist()
-        for k in range(len(bounds) - 1):
-            a, b = bounds[k], bounds[k + 1]
-            x = ext.index_select(0, reads[2 * a:2 * b]).view(b - a, 2, 2 * d)
-            h, c = x[..., :d], x[..., d:]
-            gates = gx[a:b] + torch.bmm(h.transpose(0, 1), w_hh).transpose(0, 1)
-            i_, f_, g_, o_ = gates.chunk(4, 2)
-            c_new = torch.sigmoid(f_) * c + torch.sigmoid(i_) * torch.tanh(g_)
-            h_new = torch.sigmoid(o_) * torch.tanh(c_new)
-            ext = ext.slice_scatter(torch.cat([h_new, c_new], 2).view(2 * (b - a), 2 * d),
-                                    0, 2 * a, 2 * b)
+        ext = self._recurrence(gx, w_hh, init, reads, plan.bounds.tolist())
         # Scores of every query over all items, items at their state after earlier t-batches.
         u_prev = ext.index_select(0, as_long(plan.read_user))[:, :d]
         q = torch.addmm(net.b_u, u_prev, net.w_u.t())
@@ -355,6 +429,10 @@ class RRN(Model):
             m[idx], v[idx] = mi, vi
             denom = (vi.sqrt() / math.sqrt(bias2)).add_(_EPS)
             p[idx] = r.detach().addcdiv(mi, denom, value=-lr / bias1)
+
+    def _recurrence(self, gx: torch.Tensor, w_hh: torch.Tensor, init: torch.Tensor,
+                    reads: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+        return _CoupledLSTM.apply(gx, w_hh, init, reads, bounds)  # type: ignore[no-any-return]
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         net = self._net

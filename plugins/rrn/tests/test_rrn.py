@@ -160,3 +160,30 @@ def test_bad_parameters_are_usage_errors():
         RRN(n_negatives=0).fit(stream)
     with pytest.raises(UsageError, match="static_size"):
         RRN(static_size=-1).fit(stream)
+
+
+def test_hand_written_backward_equals_autograd_through_the_loop():
+    from harness_rrn._model import _CoupledLSTM, coupled_lstm_reference
+
+    stream = random_stream(n_events=300, seed=9)
+    user, item = stream.user.astype(np.int64), stream.item.astype(np.int64)
+    plan = plan_window(user, item, 0, item_state=True)
+    assert len(plan.bounds) > 5
+    g = torch.Generator().manual_seed(0)
+    m, d = plan.size, 3
+    n0 = len(plan.init_users) + len(plan.init_items)
+    reads = torch.as_tensor(np.stack([plan.read_user, plan.read_item], 1).reshape(-1))
+    bounds = plan.bounds.tolist()
+    inputs = [torch.randn(m, 2, 4 * d, generator=g, dtype=torch.float64),
+              torch.randn(2, d, 4 * d, generator=g, dtype=torch.float64) * 0.5,
+              torch.randn(n0, 2 * d, generator=g, dtype=torch.float64)]
+    weights = torch.randn(2 * m + n0, 2 * d, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (coupled_lstm_reference, _CoupledLSTM.apply):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        out = fn(*leaves, reads, bounds)
+        (out * weights).sum().backward()
+        results.append((out.detach(), [x.grad for x in leaves]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b)
