@@ -191,6 +191,9 @@ class RRN(Model):
       backpropagation through the window's t-batches (states at a window's start are constants),
       as JODIE trains. In the loss, every item's state is the one after the t-batches before the
       query's (exact for the true item, whose earlier events all lie in earlier t-batches);
+    - Adam (torch's, fused) on the dense parameters; on the per-user tables (user input lookups,
+      stationary user embeddings) a lazy Adam updates only the rows a window touches, as JODIE's
+      plugin does for its one-hot tables (torch's dense Adam would also decay every other row);
     - initial LSTM states are zeros; the state-change head is JODIE's (Linear-ReLU-Linear on the
       user's dynamic embedding ``u_t``, cross-entropy weighted by the class ratio);
     - the stationary embeddings have ``static_size`` dimensions (one-hot inputs times a weight
