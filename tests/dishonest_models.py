@@ -45,12 +45,13 @@ class GcSnoop(Counts):
         self.fit_report = {"events_found_in_fit": len(self.known_), "train_events": len(train)}
 
     @staticmethod
-    def _streams():
-        return [o for o in gc.get_objects() if isinstance(o, Interactions)]
+    def _streams(generation=None):
+        objects = gc.get_objects() if generation is None else gc.get_objects(generation)
+        return [o for o in objects if isinstance(o, Interactions)]
 
     def score(self, block):
         known = dict(self.known_)
-        _memorise(self._streams(), known)
+        _memorise(self._streams(generation=0), known)  # the youngest objects: what just arrived
         return _boost(super().score(block), block, known)
 
 
@@ -221,8 +222,10 @@ class Probe(Counts):
 
     def score(self, block):
         report = self.fit_report
-        beyond = _largest_time_in_process() - float(block.t.max())
-        report["beyond_block"] = max(report["beyond_block"], beyond)
+        if report["blocks"] % 25 == 0:  # a walk over the whole process is slow: every 25th block
+            beyond = _largest_time_in_process() - float(block.t.max())
+            report["beyond_block"] = max(report["beyond_block"], beyond)
+            report["walks"] = report.get("walks", 0) + 1
         arrays = (block.user, block.item, block.t, block.label, block.features)
         report["views"] += sum(a.base is not None for a in arrays)
         report["writeable"] += sum(a.flags.writeable for a in arrays)
