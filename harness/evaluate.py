@@ -30,7 +30,7 @@ from harness.api import Model
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall
-from harness.sandbox import LocalModel, ModelProcess, ModelRef, Step
+from harness.sandbox import LocalModel, ModelProcess, ModelRef, Step, one_core
 
 __all__ = [
     "AUDIT_COUNTS",
@@ -371,9 +371,10 @@ def _stream(
     blocks: list[tuple[int, int]],
     progress: Callable[[int], None] | None,
     auditor: _Auditor | None = None,
+    spare_cpus: set[int] | None = None,
 ) -> _Collector:
     """Feed events ``[start, stop)`` of ``data.events`` to ``proc`` block by block, auditing the
-    pass when an ``auditor`` is given.
+    pass when an ``auditor`` is given (its shadow runs on ``spare_cpus``).
 
     Audits never touch the pass's process, so it cannot tell an audited block from another: a
     shadow, forked from it before the first block, gets the same calls without answering. Before
@@ -388,6 +389,8 @@ def _stream(
     clock = time.perf_counter
     todo = [(max(a, start), min(b, stop)) for a, b in blocks if a < stop and b > start]
     shadow = proc.fork() if auditor is not None else None
+    if shadow is not None and spare_cpus:
+        shadow.pin(spare_cpus)
     audits: list[tuple[Step, Any, Any, int, int]] = []
     for k, (a, b) in enumerate(todo):
         block = events[a:b]
@@ -528,9 +531,10 @@ def _evaluate(
     def run_pass(probe: ModelProcess, start: int, stop: int, n_blocks: int, desc: str
                  ) -> tuple[_Collector, float]:
         auditor = _Auditor(protocol, seed, next(passes), n_blocks) if protocol.audits else None
-        with bar(stop - start, desc) as pb:
+        with bar(stop - start, desc) as pb, one_core(probe) as spare:
             t0 = time.perf_counter()
-            collected = _stream(probe, data, protocol, caps, start, stop, blocks, pb.update, auditor)
+            collected = _stream(probe, data, protocol, caps, start, stop, blocks, pb.update, auditor,
+                                spare)
             return collected, time.perf_counter() - t0
 
     tic = time.perf_counter()

@@ -14,6 +14,7 @@ checks use it; it is not isolated).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.reduction import send_handle
 from typing import Any
@@ -33,7 +35,7 @@ from harness.interactions import Interactions
 
 __all__ = [
     "LocalModel", "ModelError", "ModelInfo", "ModelProcess", "ModelRef", "Step", "block_arrays",
-    "describe_model", "readonly",
+    "describe_model", "one_core", "readonly",
 ]
 
 _COLUMNS = ("user", "item", "t", "label", "features", "session", "visit")
@@ -131,8 +133,35 @@ class LocalModel:
     def fork(self) -> LocalModel:
         return LocalModel(copy.deepcopy(self.model))
 
+    def pin(self, cpus: set[int]) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def one_core(proc: Any) -> Iterator[set[int]]:
+    """Run this process and ``proc`` on one core while the block lasts and yield the other cores.
+
+    A pass is a strict ping-pong between the evaluator and the model's process: on one core each
+    hand-over is a plain context switch, while across cores (in a virtual machine especially) it
+    costs a wake-up of another CPU. The shadow of an audited pass runs on the other cores."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        yield set()
+        return
+    if len(cpus) < 2:
+        yield set()
+        return
+    core = {min(cpus)}
+    os.sched_setaffinity(0, core)
+    proc.pin(core)
+    try:
+        yield cpus - core
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def _die_with_parent() -> None:
@@ -162,6 +191,7 @@ class ModelProcess:
         self._unacknowledged = 0
         self._outbox: list[bytes] = []  # requests that need no answer, written in batches
         self.forks = 0
+        self.pid: int | None = None  # as the model's process reports it (forks only)
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -212,9 +242,20 @@ class ModelProcess:
         child = ModelProcess(Channel(ours), self.meta, self._group, self._max_bytes)
         self._unacknowledged += 1
         if wait:
-            self.sync()
+            acks = [self._answer()[0] for _ in range(self._unacknowledged)]
+            self._unacknowledged = 0
+            child.pid = acks[-1].get("pid") if isinstance(acks[-1].get("pid"), int) else None
         self.forks += 1
         return child
+
+    def pin(self, cpus: set[int]) -> None:
+        """Run this process on ``cpus`` (Linux; elsewhere, or for a process that is not one of
+        the model's, nothing happens)."""
+        try:
+            if self.pid and os.getpgid(self.pid) == self._group:
+                os.sched_setaffinity(self.pid, cpus)
+        except (AttributeError, OSError):
+            pass
 
     def sync(self) -> None:
         """Wait until this process has handled every request sent so far (raising the error of
