@@ -391,7 +391,7 @@ def _stream(
     shadow = proc.fork() if auditor is not None else None
     if shadow is not None and spare_cpus:
         shadow.pin(spare_cpus)
-    audits: list[tuple[Step, Any, Any, int, int]] = []
+    audits: list[tuple[Step, Any, Any, int, int, int]] = []
     for k, (a, b) in enumerate(todo):
         block = events[a:b]
         ranked = data.ranked[a:b]
@@ -400,21 +400,22 @@ def _stream(
         n_ends = int(ends.sum()) if ends is not None else 0
         index = data.index[a:b]
         tic = clock()
-        audit: tuple[Any, Any, int] | None = None
+        audit: tuple[Any, Any, int, int] | None = None
         if shadow is not None:
             assert auditor is not None
-            if k in auditor.lookahead and (score or want_state):
+            if k in auditor.lookahead and (score or want_state or n_ends):
                 j = int(auditor.rng.integers(b - a))
                 altered = shadow.fork(wait=False)
                 altered.step(_altered(block, j, auditor.rng, False), score=score, state=want_state,
-                             answer_later=True)
+                             ends=ends, answer_later=True)
                 relabelled = None
                 if want_state:
                     relabelled = shadow.fork(wait=False)
                     relabelled.step(_altered(block, j, auditor.rng, True), score=score, state=True,
                                     answer_later=True)
                 out.audit["forks"] += 1 + want_state
-                audit = (altered, relabelled, j)
+                gaps_before = int((np.flatnonzero(ends) < j).sum()) if ends is not None else 0
+                audit = (altered, relabelled, j, gaps_before)
             shadow.step(block, score=score, state=want_state, ends=ends, reply=False)
         first_scores = proc.score(block) if score and auditor and k in auditor.twice else None
         got = proc.step(block, score=score, state=want_state, ends=ends)
@@ -448,25 +449,28 @@ def _stream(
     return out
 
 
-def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int]], out: _Collector) -> None:
+def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]], out: _Collector) -> None:
     """Compare the audited answers, once the shadow and its copies have given them."""
     why = "look-ahead: a score row depends on its own or a later event's item, label or features"
     try:
         shadow.sync()
-        for got, altered, relabelled, j, event in audits:
+        for got, altered, relabelled, j, gaps_before, event in audits:
             alt = altered.answer()
             _compare(got.scores, alt.scores, j + 1, event, why)
             _compare(got.state, alt.state, j, event,
                      "look-ahead: a state prediction depends on a later event")
+            _compare(got.gap, alt.gap, gaps_before, event,
+                     "look-ahead: a return time depends on a later event of its block")
             if relabelled is not None:
                 alt = relabelled.answer()
                 _compare(got.scores, alt.scores, j + 1, event, why)
                 _compare(got.state, alt.state, j + 1, event,
                          "look-ahead: a state prediction depends on its own event's label")
             out.audit["lookahead_blocks"] += 1
-            out.audit["lookahead_rows"] += j + 1
+            out.audit["lookahead_rows"] += j + 1 if got.scores is not None or got.state is not None \
+                else gaps_before
     finally:
-        for _, altered, relabelled, _, _ in audits:
+        for _, altered, relabelled, _, _, _ in audits:
             for clone in (altered, relabelled):
                 if clone is not None:
                     clone.close()

@@ -74,9 +74,9 @@ def leaderboard_rows(
 
 
 def audited(record: dict[str, Any]) -> bool:
-    """Whether the run's answers were audited for look-ahead (records from before audits existed,
-    and runs with ``--audits 0``, were not)."""
-    return (record.get("audit") or {}).get("lookahead_blocks", 0) > 0
+    """Whether the run was audited (records from before audits existed, and runs with
+    ``--audits 0``, were not)."""
+    return (record.get("audit") or {}).get("audits_per_pass", 0) > 0
 
 
 def _status(runs: list[dict[str, Any]]) -> str:

@@ -231,3 +231,17 @@ class Probe(Counts):
         report["writeable"] += sum(a.flags.writeable for a in arrays)
         report["blocks"] += 1
         return super().score(block)
+
+
+class GapSnoop(Counts):
+    """Predicts return times from the items of the whole block it observed, later events of
+    other users included (blocks hold several events)."""
+
+    capabilities = frozenset({"rank", "return_time"})
+
+    def observe(self, block):
+        super().observe(block)
+        self.block_items_ = int(block.item.astype(np.int64).sum())
+
+    def predict_return_time(self, user, t):
+        return np.full(len(user), 3600.0 + self.block_items_)

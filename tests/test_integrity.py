@@ -148,6 +148,8 @@ def test_the_leaderboard_flags_unaudited_runs_and_never_bolds_them(tmp_path, cap
     records = load_records(tmp_path)
     assert {r["model"]: r["audit"]["lookahead_blocks"] > 0 for r in records} == {
         "popularity": False, "frequency": True}
+    assert {r["model"]: r["audit"]["audits_per_pass"] for r in records} == {
+        "popularity": 0, "frequency": 16}
     table = leaderboard(records)
     (popularity,) = [line for line in table.splitlines() if line.startswith("| popularity")]
     (frequency,) = [line for line in table.splitlines() if line.startswith("| frequency")]
@@ -171,3 +173,13 @@ def test_isolation_and_audits_change_no_number():
     best, worst = ranks["best"][test], ranks["worst"][test]
     got = evaluate(Counts(prior=1.0), data, protocol).metrics["test"]
     assert got["mrr"] == mrr(best, worst) and got["recall@10"] == recall(best, worst, 10)
+
+
+def test_a_return_time_that_reads_later_events_of_its_block_fails_the_run():
+    import dishonest_models
+
+    from harness.testing import realistic_stream
+
+    with pytest.raises(AuditFailure, match="a return time depends on a later event of its block"):
+        evaluate(dishonest_models.GapSnoop(), realistic_stream(),
+                 Protocol("sessions", session_gap=3600.0, audits=64))
