@@ -190,7 +190,6 @@ class ModelProcess:
         self._max_bytes = max_bytes
         self._unacknowledged = 0
         self._outbox: list[bytes] = []  # requests that need no answer, written in batches
-        self.forks = 0
         self.pid: int | None = None  # as the model's process reports it (forks only)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -245,7 +244,6 @@ class ModelProcess:
             acks = [self._answer()[0] for _ in range(self._unacknowledged)]
             self._unacknowledged = 0
             child.pid = acks[-1].get("pid") if isinstance(acks[-1].get("pid"), int) else None
-        self.forks += 1
         return child
 
     def pin(self, cpus: set[int]) -> None:
