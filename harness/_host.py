@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from harness._wire import DTYPES, Channel, receive, send
+from harness._wire import Channel, receive, send
 from harness.errors import HarnessError
 from harness.interactions import Interactions
-from harness.sandbox import _COLUMNS, _die_with_parent, model_meta
+from harness.sandbox import _COLUMNS, _die_with_parent, answer_block, model_meta, plain_array
 
 
 class _Host:
@@ -65,21 +65,12 @@ class _Host:
         return {"report": report if isinstance(report, dict) else None}
 
     def score(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
-        return {}, {"scores": _plain_array(self.model.score(_block(header, arrays)), "score")}
+        return {}, {"scores": plain_array(self.model.score(_block(header, arrays)), "score")}
 
     def step(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
         block = _block(header, arrays)
-        out: dict[str, np.ndarray] = {}
-        if header.get("score"):
-            out["scores"] = _plain_array(self.model.score(block), "score")  # a copy, before observe
-        self.model.observe(block)
-        if header.get("state"):
-            out["state"] = _plain_array(self.model.predict_state(block), "predict_state")
-        ends = arrays.get("ends")
-        if ends is not None:
-            gaps = self.model.predict_return_time(block.user[ends], block.t[ends])
-            out["gap"] = _plain_array(gaps, "predict_return_time")
-        return {}, out
+        return {}, answer_block(self.model, block, score=bool(header.get("score")),
+                                state=bool(header.get("state")), ends=arrays.get("ends"))
 
     # -- serving ----------------------------------------------------------------------------------
 
@@ -172,15 +163,6 @@ def _block(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Interaction
         columns["features"] = features
     return Interactions(**columns, n_users=int(header["n_users"]), n_items=int(header["n_items"]),
                         name="block")
-
-
-def _plain_array(value: Any, what: str) -> np.ndarray:
-    array = np.array(value, copy=True)
-    if array.dtype.name not in DTYPES:
-        if array.dtype.kind not in "fiub":
-            raise TypeError(f"{what}() returned an array of dtype {array.dtype}, not numbers")
-        array = array.astype(np.float64)
-    return array
 
 
 def _error(exc: BaseException) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from harness._wire import Channel, WireError, encode, receive
+from harness._wire import DTYPES, Channel, WireError, encode, receive
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 
@@ -105,6 +105,32 @@ def model_meta(cls: Any, model: Any, name: str) -> dict[str, Any]:
     }
 
 
+def plain_array(value: Any, what: str) -> np.ndarray:
+    """A model's answer as a fresh array of a dtype the wire carries."""
+    array = np.array(value, copy=True)
+    if array.dtype.name not in DTYPES:
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"{what}() returned an array of dtype {array.dtype}, not numbers")
+        array = array.astype(np.float64)
+    return array
+
+
+def answer_block(model: Any, block: Interactions, *, score: bool, state: bool,
+                 ends: np.ndarray | None) -> dict[str, np.ndarray]:
+    """One step of a pass: the scores (copied before the model observes the block), then
+    ``observe``, then the states and the return times of the users whose visits end at ``ends``."""
+    out: dict[str, np.ndarray] = {}
+    if score:
+        out["scores"] = plain_array(model.score(block), "score")
+    model.observe(block)
+    if state:
+        out["state"] = plain_array(model.predict_state(block), "predict_state")
+    if ends is not None:
+        out["gap"] = plain_array(model.predict_return_time(block.user[ends], block.t[ends]),
+                                 "predict_return_time")
+    return out
+
+
 class LocalModel:
     """A model object in this process, behind the calls of :class:`ModelProcess` (not isolated:
     for conformance checks on small streams). Blocks are handed over as read-only copies."""
@@ -115,17 +141,9 @@ class LocalModel:
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
              ends: np.ndarray | None = None, reply: bool = True) -> Step:
-        block = readonly(block)
-        out = Step()
-        if score:
-            out.scores = np.array(self.model.score(block), copy=True)
-        self.model.observe(block)
-        if state:
-            out.state = np.array(self.model.predict_state(block), copy=True)
-        if ends is not None and ends.any():
-            out.gap = np.array(self.model.predict_return_time(block.user[ends], block.t[ends]),
-                               copy=True)
-        return out
+        got = answer_block(self.model, readonly(block), score=score, state=state,
+                           ends=ends if ends is not None and ends.any() else None)
+        return Step(got.get("scores"), got.get("state"), got.get("gap"))
 
     def score(self, block: Interactions) -> np.ndarray:
         return np.array(self.model.score(readonly(block)), copy=True)

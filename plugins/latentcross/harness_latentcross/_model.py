@@ -12,12 +12,12 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from harness_rrn import Plan, log_gaps, plan_window, time_windows
 from torch import nn
 
 from harness.api import Model
 from harness.errors import UsageError
 from harness.interactions import Interactions
-from harness_latentcross._tbatch import Plan, log_gaps, plan_window, time_windows
 
 __all__ = ["LatentCross", "latent_cross"]
 

@@ -4,6 +4,6 @@ scores, trained with t-Batch."""
 from __future__ import annotations
 
 from harness_rrn._model import RRN
-from harness_rrn._tbatch import Plan, plan_window, time_windows
+from harness_rrn._tbatch import Plan, log_gaps, plan_window, time_windows
 
-__all__ = ["RRN", "Plan", "plan_window", "time_windows"]
+__all__ = ["RRN", "Plan", "log_gaps", "plan_window", "time_windows"]
