@@ -65,14 +65,18 @@ def resolve_model(name: str, plugin: str | None = None) -> type[Model]:
     return cls
 
 
-def build_model(cls: type[Model], params: dict[str, Any], name: str) -> Model:
-    """Instantiate with keyword parameters, rejecting unknown ones with the list of known ones."""
-    known = cls.param_names()
+def check_param_names(known: list[str], params: dict[str, Any], name: str) -> None:
+    """Reject parameters the constructor does not take, naming the closest and the known ones."""
     unknown = sorted(set(params) - set(known))
     if unknown:
         from harness.errors import did_you_mean
 
         raise UsageError(f"model {name!r}: " + did_you_mean(unknown[0], known, "parameter"))
+
+
+def build_model(cls: type[Model], params: dict[str, Any], name: str) -> Model:
+    """Instantiate with keyword parameters, rejecting unknown ones with the list of known ones."""
+    check_param_names(cls.param_names(), params, name)
     return cls(**params)
 
 

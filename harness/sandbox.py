@@ -433,11 +433,9 @@ class ModelInfo:
 
     def check_params(self, params: dict[str, Any], name: str) -> None:
         """Reject unknown parameter names as the constructor would, with the known ones."""
-        from harness.errors import did_you_mean
+        from harness.runner import check_param_names
 
-        unknown = sorted(set(params) - set(self.param_names()))
-        if unknown:
-            raise UsageError(f"model {name!r}: " + did_you_mean(unknown[0], self.param_names(), "parameter"))
+        check_param_names(self.param_names(), params, name)
 
 
 def describe_model(ref: ModelRef) -> ModelInfo:
