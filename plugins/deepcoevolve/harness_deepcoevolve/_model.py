@@ -18,7 +18,7 @@ from harness.api import Model
 from harness.errors import UsageError
 from harness.interactions import Interactions
 
-__all__ = ["DeepCoevolve", "max_norm", "pair_scores"]
+__all__ = ["DeepCoevolve", "max_norm", "pair_scores", "recurrence_reference"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 CELLS = ("gru", "rnn")
@@ -83,6 +83,85 @@ def _cell(kind: str, gx: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor,
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
     return (1 - z) * n + z * h
+
+
+def _tbatch_step(kind: str, radius: float | None, gx_u: torch.Tensor, gx_i: torch.Tensor,
+                 u: torch.Tensor, i: torch.Tensor, w_u: torch.Tensor, w_i: torch.Tensor,
+                 u_w_hh: torch.Tensor, u_b_hh: torch.Tensor, i_w_hh: torch.Tensor,
+                 i_b_hh: torch.Tensor) -> torch.Tensor:
+    """One t-batch: users from ``[item, drift, features]``, items from ``[user, drift,
+    features]``, both from the embeddings before it; ``(n, 2, d)`` projected embeddings."""
+    u_new = _cell(kind, torch.addmm(gx_u, i, w_u.t()), u, u_w_hh, u_b_hh)
+    i_new = _cell(kind, torch.addmm(gx_i, u, w_i.t()), i, i_w_hh, i_b_hh)
+    return torch.stack([max_norm(u_new, radius), max_norm(i_new, radius)], 1)
+
+
+def recurrence_reference(gx_u: torch.Tensor, gx_i: torch.Tensor, init: torch.Tensor,
+                         read_u: torch.Tensor, read_i: torch.Tensor, bounds: list[int], kind: str,
+                         radius: float | None, *weights: torch.Tensor) -> torch.Tensor:
+    """The t-batch recurrence written plainly with autograd (the reference :class:`_Recurrence`
+    is tested against). ``gx_u``, ``gx_i``: input parts (drift, features, bias) of the updates by
+    position; ``read_u[p]``, ``read_i[p]``: the table rows position ``p``'s user and item start
+    from; ``weights``: see :func:`_tbatch_step`. Returns the table: row ``2p`` (``2p+1``) the
+    user's (item's) embedding after position ``p``, then ``init``."""
+    m, d = gx_u.shape[0], init.shape[1]
+    ext = torch.cat([torch.zeros(2 * m, d, dtype=init.dtype, device=init.device), init])
+    for k in range(len(bounds) - 1):
+        a, b = bounds[k], bounds[k + 1]
+        new = _tbatch_step(kind, radius, gx_u[a:b], gx_i[a:b], ext.index_select(0, read_u[a:b]),
+                           ext.index_select(0, read_i[a:b]), *weights)
+        ext = ext.slice_scatter(new.view(2 * (b - a), d), 0, 2 * a, 2 * b)
+    return ext
+
+
+class _Recurrence(torch.autograd.Function):
+    """:func:`recurrence_reference` with a backward pass that recomputes one t-batch at a time.
+
+    Autograd on the plain loop copies (and back-propagates) the whole window table at every
+    t-batch, so a window costs the square of its size; here the forward pass writes each
+    t-batch's rows in place without a graph, and the backward pass walks the t-batches in reverse,
+    recomputes each one's step with autograd and adds the gradients of its inputs to the rows it
+    read."""
+
+    @staticmethod
+    def forward(ctx: Any, gx_u: torch.Tensor, gx_i: torch.Tensor, init: torch.Tensor,
+                read_u: torch.Tensor, read_i: torch.Tensor, bounds: list[int], kind: str,
+                radius: float | None, *weights: torch.Tensor) -> torch.Tensor:
+        m, d = gx_u.shape[0], init.shape[1]
+        ext = torch.empty(2 * m + init.shape[0], d, dtype=init.dtype, device=init.device)
+        ext[2 * m:] = init
+        for k in range(len(bounds) - 1):
+            a, b = bounds[k], bounds[k + 1]
+            new = _tbatch_step(kind, radius, gx_u[a:b], gx_i[a:b], ext.index_select(0, read_u[a:b]),
+                               ext.index_select(0, read_i[a:b]), *weights)
+            ext[2 * a:2 * b] = new.view(2 * (b - a), d)
+        ctx.save_for_backward(gx_u, gx_i, ext, read_u, read_i, *weights)
+        ctx.bounds, ctx.kind, ctx.radius = bounds, kind, radius
+        return ext
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        gx_u, gx_i, ext, read_u, read_i, *weights = ctx.saved_tensors
+        bounds = ctx.bounds
+        m, d = gx_u.shape[0], ext.shape[1]
+        grad = grads[0].clone()
+        d_gx_u, d_gx_i = torch.empty_like(gx_u), torch.empty_like(gx_i)
+        leaves = [w.detach().requires_grad_() for w in weights]
+        d_w = [torch.zeros_like(w) for w in weights]
+        with torch.enable_grad():
+            for k in range(len(bounds) - 2, -1, -1):
+                a, b = bounds[k], bounds[k + 1]
+                inputs = [gx_u[a:b].detach().requires_grad_(), gx_i[a:b].detach().requires_grad_(),
+                          ext.index_select(0, read_u[a:b]).requires_grad_(),
+                          ext.index_select(0, read_i[a:b]).requires_grad_()]
+                out = _tbatch_step(ctx.kind, ctx.radius, *inputs, *leaves)
+                got = torch.autograd.grad(out, inputs + leaves, grad[2 * a:2 * b].view(b - a, 2, d))
+                d_gx_u[a:b], d_gx_i[a:b] = got[0], got[1]
+                grad.index_add_(0, read_u[a:b], got[2])
+                grad.index_add_(0, read_i[a:b], got[3])
+                for acc, g in zip(d_w, got[4:]):
+                    acc += g
+        return (d_gx_u, d_gx_i, grad[2 * m:], None, None, None, None, None, *d_w)
 
 
 class _Net(nn.Module):
@@ -352,24 +431,18 @@ class DeepCoevolve(Model):
         init = max_norm(self._net.u0 if which == 0 else self._net.i0, self.max_norm)
         return torch.where(seen[idx, None], table[idx], init)
 
-    def _recurrence(self, plan: Plan, ext: torch.Tensor, gx_u: torch.Tensor,
+    def _recurrence(self, plan: Plan, init: torch.Tensor, gx_u: torch.Tensor,
                     gx_i: torch.Tensor) -> torch.Tensor:
         """Both updates of every t-batch in order; row ``2p`` (``2p+1``) of the returned table is
-        the user's (item's) embedding after position ``p``."""
+        the user's (item's) embedding after position ``p``, then ``init``."""
         net, d, dev = self._net, self.embedding_size, self._dev
-        ru = torch.as_tensor(plan.read_user, device=dev)
         assert plan.read_item is not None
-        ri = torch.as_tensor(plan.read_item, device=dev)
-        wu, wi = net.u_w_ih[:, :d], net.i_w_ih[:, :d]
-        bounds = plan.bounds.tolist()
-        for k in range(len(bounds) - 1):
-            a, b = bounds[k], bounds[k + 1]
-            u, i = ext.index_select(0, ru[a:b]), ext.index_select(0, ri[a:b])
-            u_new = _cell(self.cell, torch.addmm(gx_u[a:b], i, wu.t()), u, net.u_w_hh, net.u_b_hh)
-            i_new = _cell(self.cell, torch.addmm(gx_i[a:b], u, wi.t()), i, net.i_w_hh, net.i_b_hh)
-            new = torch.stack([max_norm(u_new, self.max_norm), max_norm(i_new, self.max_norm)], 1)
-            ext = ext.slice_scatter(new.view(2 * (b - a), d), 0, 2 * a, 2 * b)
-        return ext
+        reads = (torch.as_tensor(plan.read_user, device=dev),
+                 torch.as_tensor(plan.read_item, device=dev))
+        weights = (net.u_w_ih[:, :d], net.i_w_ih[:, :d], net.u_w_hh, net.u_b_hh, net.i_w_hh,
+                   net.i_b_hh)
+        return _Recurrence.apply(gx_u, gx_i, init, *reads, plan.bounds.tolist(),  # type: ignore[no-any-return]
+                                 self.cell, self.max_norm, *weights)
 
     def _sampled_rows(self, which: int, nodes: np.ndarray, events: np.ndarray, plan: Plan,
                       pos: np.ndarray, ext: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -398,8 +471,7 @@ class DeepCoevolve(Model):
         gx_i = torch.addmm(net.i_b_ih, inputs[:, 1:], net.i_w_ih[:, d:].t())
         init = torch.cat([self._start_rows(0, as_long(plan.init_users)),
                           self._start_rows(1, as_long(plan.init_items))])
-        ext = torch.cat([torch.zeros(2 * m, d, device=dev), init])
-        ext = self._recurrence(plan, ext, gx_u, gx_i)
+        ext = self._recurrence(plan, init, gx_u, gx_i)
         assert plan.read_item is not None
         u_prev = ext.index_select(0, as_long(plan.read_user))
         i_prev = ext.index_select(0, as_long(plan.read_item))

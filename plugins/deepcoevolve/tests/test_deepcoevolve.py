@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from harness_deepcoevolve import DeepCoevolve, max_norm, pair_scores
-from harness_deepcoevolve._model import _LastBefore
+from harness_deepcoevolve._model import _LastBefore, _Recurrence, recurrence_reference
 
 from harness.errors import UsageError
 from harness.interactions import Interactions
@@ -221,3 +221,27 @@ def test_bad_parameters_are_usage_errors():
         DeepCoevolve(max_norm=-1.0).fit(stream)
     with pytest.raises(UsageError, match="gap_floor"):
         DeepCoevolve(gap_floor=0.0).fit(stream)
+
+
+@pytest.mark.parametrize("kind,radius", [("gru", 0.8), ("rnn", None)])
+def test_recurrence_gradients_equal_autograd_on_the_plain_loop(kind, radius):
+    stream = random_stream(n_events=300, seed=11)
+    model = _fitted(stream, epochs=0, windows=2, cell=kind, max_norm=radius)
+    plan = model._plans[0]
+    assert len(plan.bounds) > 4  # several t-batches that read each other's rows
+    gen = torch.Generator().manual_seed(0)
+    m, d = plan.size, 8
+    n_init = len(plan.init_users) + len(plan.init_items)
+    gates = 3 if kind == "gru" else 1
+    shapes = [(m, gates * d), (m, gates * d), (n_init, d), (gates * d, d), (gates * d, d),
+              (gates * d, d), (gates * d,), (gates * d, d), (gates * d,)]
+    leaves = [torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_() for s in shapes]
+    reads = (torch.as_tensor(plan.read_user), torch.as_tensor(plan.read_item))
+    upstream = torch.randn(2 * m + n_init, d, generator=gen, dtype=torch.float64)
+    got, want = [], []
+    for fn, out in ((recurrence_reference, want), (_Recurrence.apply, got)):
+        ext = fn(*leaves[:3], *reads, plan.bounds.tolist(), kind, radius, *leaves[3:])
+        out.append(ext.detach())
+        out.extend(torch.autograd.grad((ext * upstream).sum(), leaves))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
