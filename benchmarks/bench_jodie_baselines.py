@@ -1,5 +1,5 @@
-"""JODIE's recurrent baselines (issue 12): RRN and LatentCross, epoch and evaluation time on
-Wikipedia and a Reddit-sized synthetic epoch with peak memory.
+"""JODIE's recurrent baselines (issue 12): RRN, LatentCross and DeepCoevolve, epoch and
+evaluation time on Wikipedia and a Reddit-sized synthetic epoch with peak memory.
 
     python benchmarks/bench_jodie_baselines.py wikipedia --model rrn [--epochs 1] [--threads 1]
     python benchmarks/bench_jodie_baselines.py synthetic --model latentcross [--epochs 1]
@@ -31,6 +31,10 @@ def _model(name: str, threads: int | None) -> Any:
         from harness_rrn import RRN
 
         return RRN(num_threads=threads)
+    if name == "deepcoevolve":
+        from harness_deepcoevolve import DeepCoevolve
+
+        return DeepCoevolve(num_threads=threads)
     from harness_latentcross import LatentCross
 
     return LatentCross(num_threads=threads)
@@ -81,7 +85,7 @@ def synthetic(name: str, epochs: int, threads: int | None, train_fraction: float
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["wikipedia", "synthetic"])
-    parser.add_argument("--model", choices=["rrn", "latentcross"], required=True)
+    parser.add_argument("--model", choices=["rrn", "latentcross", "deepcoevolve"], required=True)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-fraction", type=float, default=0.8,
                         help="synthetic: leading share of the stream to train on (1 = all events)")

@@ -175,11 +175,10 @@ class _Net(nn.Module):
 
         gates = 3 if cell == "gru" else 1
         # Inputs of an update: [other side's embedding (d), drift (1), features]; hidden: own.
-        for side in ("u", "i"):
-            setattr(self, f"{side}_w_ih", uniform(gates * d, d + n_in))
-            setattr(self, f"{side}_w_hh", uniform(gates * d, d))
-            setattr(self, f"{side}_b_ih", uniform(gates * d))
-            setattr(self, f"{side}_b_hh", uniform(gates * d))
+        self.u_w_ih, self.u_w_hh = uniform(gates * d, d + n_in), uniform(gates * d, d)
+        self.u_b_ih, self.u_b_hh = uniform(gates * d), uniform(gates * d)
+        self.i_w_ih, self.i_w_hh = uniform(gates * d, d + n_in), uniform(gates * d, d)
+        self.i_b_ih, self.i_b_hh = uniform(gates * d), uniform(gates * d)
         # One learned initial embedding for all users and one for all items.
         self.u0, self.i0 = uniform(d, bound=1.0), uniform(d, bound=1.0)
         self.head1_w, self.head1_b = uniform(50, d), uniform(50)
@@ -227,8 +226,13 @@ class DeepCoevolve(Model):
       event)`` (0 at a node's first event), not raw seconds;
     - embeddings are projected to L2 norm at most ``max_norm`` after every update (the forks'
       max-norm projection), which bounds ``log c = u . i`` to ``[-max_norm^2, max_norm^2]``;
-    - time in units of ``time_unit`` seconds (``None``: the median of the training events'
-      pair gaps ``t - t'``), gaps floored at ``gap_floor`` seconds so that ``log gap`` is finite;
+    - time in units of ``time_unit`` seconds (default a day; ``None``: the root mean square of
+      the training events' pair gaps ``t - t'``), gaps floored at ``gap_floor`` seconds so that
+      ``log gap`` is finite. The paper does not state its unit, and the unit sets the balance of
+      the likelihood: with ``log c`` bounded, the survival terms ``c gap^2 / 2`` of long-idle
+      sampled pairs dominate the loss when the unit is small (Wikipedia, 1 epoch, seed 0, MRR on
+      the first 3,000 validation events: an hour 0.077, the RMS gap of 0.65 days 0.362, a day
+      0.434, a week 0.441);
       a node without an earlier event counts from the first training event's time;
     - per event the loss is ``-log lambda(t) + c gap^2 / 2`` of the true pair (its survival since
       ``t'``) plus ``c gap^2 / 2`` of ``n_negatives`` pairs of the user with uniformly sampled
@@ -251,7 +255,7 @@ class DeepCoevolve(Model):
     n_negatives: sampled items (and, apart, sampled users) per event for the survival term.
     rank_by: ``"intensity"``, ``"rate"`` or ``"density"`` (see :func:`pair_scores`).
     max_norm: radius of the max-norm projection (``None``: no projection).
-    time_unit: seconds per time unit (``None``: the median training pair gap).
+    time_unit: seconds per time unit (``None``: the root mean square training pair gap).
     gap_floor: smallest gap in seconds.
     learning_rate, weight_decay: Adam's (weight decay as L2 in the gradient, torch's Adam).
     windows: number of equal time windows of the training stream (one Adam step each).
@@ -273,7 +277,7 @@ class DeepCoevolve(Model):
         n_negatives: int = 10,
         rank_by: str = "intensity",
         max_norm: float | None = 4.0,
-        time_unit: float | None = None,
+        time_unit: float | None = 86400.0,
         gap_floor: float = 1.0,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-5,
@@ -356,7 +360,7 @@ class DeepCoevolve(Model):
         self._prev_t = (np.where(prev_u >= 0, t[prev_u], self._t0),
                         np.where(prev_i >= 0, t[prev_i], self._t0))
         pair_gap = np.maximum(t - np.maximum(*self._prev_t), self.gap_floor)
-        self._unit = float(self.time_unit or np.median(pair_gap))
+        self._unit = float(self.time_unit or np.sqrt(np.mean(pair_gap ** 2)))
         self._last_before = (_LastBefore(user), _LastBefore(item))
         self._user_np, self._item_np, self._t_np = user, item, t
         as_long = lambda a: torch.as_tensor(np.array(a, dtype=np.int64), device=dev)  # noqa: E731
@@ -546,7 +550,7 @@ class DeepCoevolve(Model):
     def _steps64(self, block: Interactions, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Updated user and item embeddings (float32) of the first ``n`` events of a block, whose
         users and items are distinct, from the embeddings before them."""
-        c, d, dev = self._params64(), self.embedding_size, self._dev
+        c, dev = self._params64(), self._dev
         users_np, items_np = block.user[:n].astype(np.int64), block.item[:n].astype(np.int64)
         u = self._U[torch.as_tensor(users_np, device=dev)].double()
         i = c["items"][torch.as_tensor(items_np, device=dev)]
