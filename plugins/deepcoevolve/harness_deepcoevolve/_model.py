@@ -547,29 +547,31 @@ class DeepCoevolve(Model):
                 f"{self._n_users} users and {self._n_items} items DeepCoevolve was fitted with"
             )
 
-    def _steps64(self, block: Interactions, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Updated user and item embeddings (float32) of the first ``n`` events of a block, whose
-        users and items are distinct, from the embeddings before them."""
+    def _steps64(self, block: Interactions, n: int, sides: str = "ui") -> dict[str, torch.Tensor]:
+        """Updated embeddings (float32) of the users (``"u"`` in ``sides``) and items (``"i"``) of
+        the first ``n`` events of a block, whose users and items are distinct, from the embeddings
+        before them."""
         c, dev = self._params64(), self._dev
         users_np, items_np = block.user[:n].astype(np.int64), block.item[:n].astype(np.int64)
-        u = self._U[torch.as_tensor(users_np, device=dev)].double()
-        i = c["items"][torch.as_tensor(items_np, device=dev)]
+        emb = {"u": self._U[torch.as_tensor(users_np, device=dev)].double(),
+               "i": c["items"][torch.as_tensor(items_np, device=dev)]}
+        last = {"u": self._last_u[users_np], "i": self._last_i[items_np]}
         nf = self._n_features if self.use_features else 0
         feats = np.array(block.features[:n, :nf], dtype=np.float64)
-        out = []
-        for side, own, other, last in (("u", u, i, self._last_u[users_np]),
-                                       ("i", i, u, self._last_i[items_np])):
-            g = np.where(np.isnan(last), 0.0,
-                         np.log1p(np.maximum(block.t[:n] - np.nan_to_num(last), 0.0)))
-            drift = self._std(g, 0 if side == "u" else 1)[:, None]
+        out = {}
+        for side in sides:
+            other = emb["i" if side == "u" else "u"]
+            g = np.log1p(np.maximum(block.t[:n] - last[side], 0.0))
+            drift = self._std(np.where(np.isnan(g), 0.0, g), 0 if side == "u" else 1)[:, None]
             x = torch.as_tensor(np.concatenate([drift, feats], 1), device=dev)
             gx = torch.cat([other, x], 1) @ c[f"{side}_w_ih"].t() + c[f"{side}_b_ih"]
-            new = _cell(self.cell, gx, own, c[f"{side}_w_hh"], c[f"{side}_b_hh"])
-            out.append(max_norm(new, self.max_norm).float())
-        return out[0], out[1]
+            new = _cell(self.cell, gx, emb[side], c[f"{side}_w_hh"], c[f"{side}_b_hh"])
+            out[side] = max_norm(new, self.max_norm).float()
+        return out
 
     def _gaps(self, t: np.ndarray, t_user: np.ndarray, t_item: np.ndarray) -> torch.Tensor:
-        later = np.maximum(np.nan_to_num(t_user, nan=self._t0), np.nan_to_num(t_item, nan=self._t0))
+        later = np.fmax(t_user, t_item)  # a node never seen counts from t0, before every time
+        later = np.where(np.isnan(later), self._t0, later)
         return torch.as_tensor(np.maximum(t - later, self.gap_floor) / self._unit, device=self._dev)
 
     @_with_threads
@@ -583,7 +585,7 @@ class DeepCoevolve(Model):
             rate = q @ c["items"].t()
             t_items = np.broadcast_to(self._last_i, (b, self._n_items)).copy()
             if b > 1:  # items updated by earlier events of the block, patched into later rows
-                _, new = self._steps64(block, b - 1)
+                new = self._steps64(block, b - 1, "i")["i"]
                 jj, ii = np.tril_indices(b, -1)
                 cols = block.item[ii].astype(np.int64)
                 jt = torch.as_tensor(jj, device=dev)
@@ -599,7 +601,8 @@ class DeepCoevolve(Model):
         self._check_block(block)
         with torch.no_grad():
             c, dev = self._params64(), self._dev
-            u_new, i_new = self._steps64(block, len(block))
+            new = self._steps64(block, len(block))
+            u_new, i_new = new["u"], new["i"]
             users = torch.as_tensor(block.user.astype(np.int64), device=dev)
             items = torch.as_tensor(block.item.astype(np.int64), device=dev)
             self._U[users], self._I[items] = u_new, i_new
