@@ -2,6 +2,7 @@
 evaluation time on Wikipedia and a Reddit-sized synthetic epoch with peak memory.
 
     python benchmarks/bench_jodie_baselines.py wikipedia --model rrn [--epochs 1] [--threads 1]
+    python benchmarks/bench_jodie_baselines.py wikipedia-cpu --model deepcoevolve   # CPU seconds
     python benchmarks/bench_jodie_baselines.py synthetic --model latentcross [--epochs 1]
 
 Prints one JSON line per measurement (raw samples kept). Run one at a time on a shared machine;
@@ -58,6 +59,30 @@ def wikipedia(name: str, epochs: int, threads: int | None) -> None:
     })
 
 
+def wikipedia_cpu(name: str, threads: int | None) -> None:
+    """CPU seconds of the model's own work, in this process: one training epoch, then one frozen
+    pass over valid + test in blocks (no model process, no audits). On a loaded machine these
+    move far less than wall times."""
+    from harness.data.jodie import load_jodie_csv
+    from harness.evaluate import Protocol, prepare, replay
+
+    protocol = Protocol()
+    data = prepare(load_jodie_csv(WIKIPEDIA), protocol)
+    model = _model(name, threads)
+    load = os.getloadavg()
+    model.fit(data.train, seed=0)
+    tic, cpu = time.perf_counter(), time.process_time()
+    model.train_epoch()
+    epoch = (time.perf_counter() - tic, time.process_time() - cpu)
+    tic, cpu = time.perf_counter(), time.process_time()
+    replay(model, data, protocol, 1024)
+    evaluation = (time.perf_counter() - tic, time.process_time() - cpu)
+    _emit({"bench": "wikipedia-cpu", "model": name, "threads": threads,
+           "epoch_wall_seconds": epoch[0], "epoch_cpu_seconds": epoch[1],
+           "eval_wall_seconds": evaluation[0], "eval_cpu_seconds": evaluation[1],
+           "eval_events": len(data.events), "load_before": load, "load_after": os.getloadavg()})
+
+
 def synthetic(name: str, epochs: int, threads: int | None, train_fraction: float) -> None:
     from harness.data.synthetic import SyntheticDataset
 
@@ -84,7 +109,7 @@ def synthetic(name: str, epochs: int, threads: int | None, train_fraction: float
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["wikipedia", "synthetic"])
+    parser.add_argument("what", choices=["wikipedia", "wikipedia-cpu", "synthetic"])
     parser.add_argument("--model", choices=["rrn", "latentcross", "deepcoevolve"], required=True)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-fraction", type=float, default=0.8,
@@ -94,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     threads = args.threads or None
     if args.what == "wikipedia":
         wikipedia(args.model, args.epochs, threads)
+    elif args.what == "wikipedia-cpu":
+        wikipedia_cpu(args.model, threads)
     else:
         synthetic(args.model, args.epochs, threads, args.train_fraction)
 
