@@ -115,13 +115,13 @@ def recurrence_reference(gx_u: torch.Tensor, gx_i: torch.Tensor, init: torch.Ten
 
 
 class _Recurrence(torch.autograd.Function):
-    """:func:`recurrence_reference` with a backward pass that recomputes one t-batch at a time.
+    """:func:`recurrence_reference` with a backward pass that walks the t-batches one at a time.
 
     Autograd on the plain loop copies (and back-propagates) the whole window table at every
-    t-batch, so a window costs the square of its size; here the forward pass writes each
-    t-batch's rows in place without a graph, and the backward pass walks the t-batches in reverse,
-    recomputes each one's step with autograd and adds the gradients of its inputs to the rows it
-    read."""
+    t-batch, so a window costs the square of its size. Here each t-batch's step is a small graph
+    of its own, on detached copies of the rows it reads; its output is written into the table in
+    place, and the backward pass runs the t-batches' graphs in reverse, adding the gradients of
+    their inputs to the rows they read."""
 
     @staticmethod
     def forward(ctx: Any, gx_u: torch.Tensor, gx_i: torch.Tensor, init: torch.Tensor,
@@ -130,38 +130,40 @@ class _Recurrence(torch.autograd.Function):
         m, d = gx_u.shape[0], init.shape[1]
         ext = torch.empty(2 * m + init.shape[0], d, dtype=init.dtype, device=init.device)
         ext[2 * m:] = init
-        for k in range(len(bounds) - 1):
-            a, b = bounds[k], bounds[k + 1]
-            new = _tbatch_step(kind, radius, gx_u[a:b], gx_i[a:b], ext.index_select(0, read_u[a:b]),
-                               ext.index_select(0, read_i[a:b]), *weights)
-            ext[2 * a:2 * b] = new.view(2 * (b - a), d)
-        ctx.save_for_backward(gx_u, gx_i, ext, read_u, read_i, *weights)
-        ctx.bounds, ctx.kind, ctx.radius = bounds, kind, radius
-        return ext
-
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        gx_u, gx_i, ext, read_u, read_i, *weights = ctx.saved_tensors
-        bounds = ctx.bounds
-        m, d = gx_u.shape[0], ext.shape[1]
-        grad = grads[0].clone()
-        d_gx_u, d_gx_i = torch.empty_like(gx_u), torch.empty_like(gx_i)
         leaves = [w.detach().requires_grad_() for w in weights]
-        d_w = [torch.zeros_like(w) for w in weights]
+        steps = []
         with torch.enable_grad():
-            for k in range(len(bounds) - 2, -1, -1):
+            for k in range(len(bounds) - 1):
                 a, b = bounds[k], bounds[k + 1]
                 inputs = [gx_u[a:b].detach().requires_grad_(), gx_i[a:b].detach().requires_grad_(),
                           ext.index_select(0, read_u[a:b]).requires_grad_(),
                           ext.index_select(0, read_i[a:b]).requires_grad_()]
-                out = _tbatch_step(ctx.kind, ctx.radius, *inputs, *leaves)
-                got = torch.autograd.grad(out, inputs + leaves, grad[2 * a:2 * b].view(b - a, 2, d))
-                d_gx_u[a:b], d_gx_i[a:b] = got[0], got[1]
-                grad.index_add_(0, read_u[a:b], got[2])
-                grad.index_add_(0, read_i[a:b], got[3])
-                for acc, g in zip(d_w, got[4:]):
-                    acc += g
-        return (d_gx_u, d_gx_i, grad[2 * m:], None, None, None, None, None, *d_w)
+                out = _tbatch_step(kind, radius, *inputs, *leaves)
+                ext[2 * a:2 * b] = out.detach().view(2 * (b - a), d)
+                steps.append((inputs, out))
+        ctx.save_for_backward(read_u, read_i)
+        ctx.steps, ctx.leaves, ctx.bounds, ctx.shape = steps, leaves, bounds, (m, d)
+        return ext
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        read_u, read_i = ctx.saved_tensors
+        bounds, leaves, (m, d) = ctx.bounds, ctx.leaves, ctx.shape
+        grad = grads[0].clone()
+        d_gx = [torch.empty(m, leaves[0].shape[0], dtype=grad.dtype, device=grad.device)
+                for _ in range(2)]
+        d_w = [torch.zeros_like(w) for w in leaves]
+        for k in range(len(bounds) - 2, -1, -1):
+            a, b = bounds[k], bounds[k + 1]
+            inputs, out = ctx.steps[k]
+            got = torch.autograd.grad(out, inputs + leaves, grad[2 * a:2 * b].view(b - a, 2, d))
+            d_gx[0][a:b], d_gx[1][a:b] = got[0], got[1]
+            grad.index_add_(0, read_u[a:b], got[2])
+            grad.index_add_(0, read_i[a:b], got[3])
+            for acc, g in zip(d_w, got[4:]):
+                acc += g
+        ctx.steps = None
+        return (d_gx[0], d_gx[1], grad[2 * m:], None, None, None, None, None, *d_w)
 
 
 class _Net(nn.Module):
