@@ -203,6 +203,16 @@ class Prepared:
     span: np.ndarray | None = None  # seconds from the visit's start to its end, where gap is set
     refit: Prepared | None = None  # train + valid as training, test events (protocol.refit)
 
+    def counts(self) -> dict[str, int]:
+        """What the protocol kept of the stream (after sessions and their filters)."""
+        users = np.union1d(self.train.user, self.events.user)
+        out = {"users": int(users.size), "events": len(self.train) + len(self.events),
+               "train_events": len(self.train), "valid_events": int((self.split == _VALID).sum()),
+               "test_events": int((self.split == _TEST).sum())}
+        if self.train.session is not None and self.events.session is not None:
+            out["sessions"] = int(np.union1d(self.train.session, self.events.session).size)
+        return out
+
 
 @dataclass
 class Evaluation:

@@ -154,7 +154,8 @@ def run_one(
                     stream = stream[: max(1, int(round(data_fraction * len(stream))))]
                 cache.prepared[key] = (stream.counts(), prepare(stream, protocol))
             counts, prepared = cache.prepared[key]
-            record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts}
+            record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts,
+                                 "kept_by_protocol": prepared.counts()}
             if data_fraction is not None:
                 record["dataset"]["prefix_fraction"] = data_fraction
             result = evaluate(proc, prepared, protocol, epochs=spec.epochs, seed=spec.seed,

@@ -95,6 +95,8 @@ def test_preset_run_end_to_end_by_hand():
     data = prepare(stream, protocol)
     assert set(data.train.user.tolist()) == {0, 1, 2} and len(data.train) == 3 * 8 * 2
     assert len(data.events) == 3 * 2 * 2 and (data.split == 2).all()
+    assert data.counts() == {"users": 3, "events": 60, "train_events": 48, "valid_events": 0,
+                             "test_events": 12, "sessions": 30}
     test = evaluate(ConstantReturn(hours=2.0), stream, protocol).metrics["test"]
     # predicted start-to-start gap: 0.1 h span + 2 h
     assert test["mae_thrnn"] == pytest.approx((7.9 + 37.9) / 2)
