@@ -123,7 +123,7 @@ def sliding(train: Interactions, events: Interactions, gaps: np.ndarray) -> None
           f"{report['fallback_few_sessions']} too short; MAE {mae:.2f} h (user's mean gap "
           f"{rule:.2f} h)")
     windows = []
-    for u, starts in list(model.starts_.items())[:200]:
+    for starts in list(model.starts_.values())[:200]:
         for stop in range(15, len(starts) + 1, 5):
             w = np.asarray(starts[stop - 15:stop])
             windows.append((w - w[0]) / 86400.0)

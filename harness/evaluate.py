@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,7 @@ import numpy as np
 from harness.api import Model
 from harness.errors import HarnessError, UsageError, did_you_mean
 from harness.interactions import Interactions
-from harness.metrics import (TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall,
-                             thrnn_return_mae)
+from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall, thrnn_return_mae
 from harness.sandbox import LocalModel, ModelProcess, ModelRef, Step, one_core
 
 __all__ = [
@@ -147,10 +146,11 @@ class Protocol:
                              f"validation part, but valid={valid}; pass --split TRAIN,VALID,TEST")
         for attr, value in zip(("train", "valid", "test"), (train, valid, test)):
             object.__setattr__(self, attr, value)
-        defaults = {"min_session_length": 1, "max_visit_length": 2 * self.max_session_length,
-                    "drop_single_tail": False, "min_user_sessions": 1,
-                    "max_return_gap": 500 * 3600.0}
-        for key, value in defaults.items():
+        unset: dict[str, Any] = {"min_session_length": 1,
+                                 "max_visit_length": 2 * self.max_session_length,
+                                 "drop_single_tail": False, "min_user_sessions": 1,
+                                 "max_return_gap": 500 * 3600.0}
+        for key, value in unset.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         for key in ("max_session_length", "min_session_length", "max_visit_length",
@@ -162,7 +162,7 @@ class Protocol:
             value = getattr(self, key)
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
                 raise UsageError(f"{key} must be a positive number of seconds, but got {value!r}")
-        if self.min_return_gap is not None and self.min_return_gap >= self.max_return_gap:
+        if self.min_return_gap is not None and self.min_return_gap >= (self.max_return_gap or 0):
             raise UsageError("`min_return_gap < max_return_gap` must hold, but got "
                              f"min_return_gap={self.min_return_gap}, "
                              f"max_return_gap={self.max_return_gap}")
@@ -647,7 +647,6 @@ def _evaluate(
     blocks = list(iter_blocks(data.events, max_block))
     in_valid = np.flatnonzero(data.split == _VALID)
     valid_end = int(in_valid[-1]) + 1 if in_valid.size else 0
-    n_valid_blocks = sum(a < valid_end for a, _ in blocks)
     passes = iter(range(1, 1 << 30))
 
     def bar(total: int, desc: str):
@@ -723,14 +722,13 @@ def _evaluate(
                              f"for {protocol.patience} epochs")
                 break
         assert best is not None
-        _, best_epoch, probe, collected = best
+        _, best_epoch, best_probe, collected = best
+        probe = best_probe if best_probe is not None else proc.fork()
         if not valid_end:
             notes.append("no validation part: no model selection"
                          + (f", tested after the last epoch ({best_epoch})" if n_epochs else ""))
         elif n_epochs and math.isnan(best[0]):
             notes.append(f"validation {selection} was not available: epoch {best[1]} reported")
-        if probe is None:
-            probe = proc.fork()
         refit_seconds = None
         test_data, test_blocks, test_start = data, blocks, valid_end
         if pristine is not None:

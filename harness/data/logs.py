@@ -176,8 +176,8 @@ def load_lastfm_1k(path: str | Path) -> Interactions:
                 stamps.append(f[1])
                 numbers.append(first + k)
             t = parse_iso_utc(stamps, where=str(path), strict=False)
-            for k in np.flatnonzero(np.isnan(t)):
-                bad(numbers[k], f"timestamp {stamps[k].decode('utf-8', 'replace')!r} is not ISO 8601")
+            for j in np.flatnonzero(np.isnan(t)).tolist():
+                bad(numbers[j], f"timestamp {stamps[j].decode('utf-8', 'replace')!r} is not ISO 8601")
             if np.isnan(t).any():
                 keep = ~np.isnan(t)
                 start = len(users) - len(stamps)

@@ -141,7 +141,8 @@ _LEARNERS = _Learners()
 
 def fit_users(tasks: Sequence[tuple[Any, np.ndarray]], decays: Sequence[float],
               ) -> list[tuple[Any, float, float, float]]:
-    """Fit one process per ``(key, times)`` task (the key, a user id for instance, is passed through) with tick's least-squares ``HawkesExpKern``.
+    """Fit one process per ``(key, times)`` task with tick's least-squares ``HawkesExpKern`` (the
+    key, a user id for instance, is passed through).
 
     ``times`` start at 0 and are sorted. With several ``decays`` each is fitted and the one of
     highest log-likelihood kept. Returns ``(user, mu, alpha, beta)``, with NaNs where every fit
