@@ -145,3 +145,22 @@ def test_refit_trains_a_fresh_model_on_train_and_valid_for_the_best_epoch_count(
     fits = [sorted(t) for kind, t, _ in read_log(log) if kind == "fit"]
     assert [len(f) for f in fits] == [6 * 7 * 3, 6 * 8 * 3]  # train, then train + valid
     assert set(fits[0]) < set(fits[1])
+
+
+def test_preset_runs_get_their_own_leaderboard_table():
+    from harness.leaderboard import leaderboard, leaderboard_rows
+
+    def record(run_id, mae, **protocol):
+        return {"run_id": run_id, "status": "ok", "model": "hawkes", "params": {}, "seed": 0,
+                "dataset": {"name": "d"}, "audit": {"audits_per_pass": 16},
+                "protocol": {"name": "sessions", "tie_policy": "average", **protocol},
+                "metrics": {"test": {"mae": mae, "mae_thrnn": mae - 1}},
+                "timing": {"samples": {"epoch_fit_seconds": []}, "eval_seconds": 1.0}}
+
+    records = [record("1", 5.0), record("2", 7.0, preset="thrnn"),
+               record("3", 9.0, preset="thrnn", refit=True)]
+    tables = leaderboard_rows(records)
+    assert sorted(k[1] for k in tables) == ["sessions", "sessions preset=thrnn",
+                                            "sessions preset=thrnn refit"]
+    assert [rows[0]["mae"] for _, rows in sorted(tables.items())] == [[5.0], [7.0], [9.0]]
+    assert "protocol sessions preset=thrnn · ties" in leaderboard(records)
