@@ -90,7 +90,16 @@ _VALID, _TEST = 1, 2
 
 @dataclass(frozen=True)
 class Protocol:
-    """Everything about how a model is evaluated, recorded with every run."""
+    """Everything about how a model is evaluated, recorded with every run.
+
+    Sessions settings (see :func:`harness.data.sessionize`): ``session_gap`` (seconds),
+    ``max_session_length`` (parts), ``min_session_length``, ``max_visit_length`` (sessions outside
+    are dropped), ``drop_single_tail`` and ``min_user_sessions``. ``valid`` may be 0 (no
+    selection; the last epoch is tested); ``refit`` retrains on train + valid for the selected
+    epoch count. ``min_return_gap`` (seconds; None: not computed) turns on THRNN's return-time
+    figures, with gaps from ``max_return_gap`` on compressed. ``preset`` fills every field left
+    None from :data:`PRESETS`; after construction every field holds its resolved value.
+    """
 
     name: str = "streaming"
     train: float | None = None
