@@ -16,9 +16,12 @@ FORMATS = ("github", "latex", "plain")
 _COLUMNS = {
     "streaming": ["mrr", "recall@10", "mrr@10", "recall@1", "auc"],
     "state": ["auc"],
-    "sessions": ["recall@5", "recall@10", "recall@20", "mrr@5", "mrr@10", "mrr@20", "mae"],
+    "sessions": ["recall@5", "recall@10", "recall@20", "mrr@5", "mrr@10", "mrr@20", "mae_thrnn",
+                 "mae"],
 }
-_LOWER_IS_BETTER = {"mae", "fit s/epoch", "eval s"}
+_LOWER_IS_BETTER = {"mae", "mae_thrnn", "fit s/epoch", "eval s"}
+#: Column headers that differ from the metric's key (return times are in hours).
+_HEADERS = {"mae": "MAE end-to-start (h)", "mae_thrnn": "MAE THRNN (h)"}
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -31,9 +34,18 @@ def _label(record: dict[str, Any]) -> str:
     return f"{record['model']} ({inside})"
 
 
+def _protocol_label(protocol: dict[str, Any]) -> str:
+    """The protocol's name, with its preset and refit when set: runs under a preset never share
+    a table with the plain protocol's."""
+    label = str(protocol.get("name"))
+    if protocol.get("preset"):
+        label += f" preset={protocol['preset']}"
+    return label + (" refit" if protocol.get("refit") else "")
+
+
 def _group_key(record: dict[str, Any]) -> tuple:
     protocol = record["protocol"]
-    return (record["dataset"]["name"], protocol.get("name"), protocol.get("tie_policy"),
+    return (record["dataset"]["name"], _protocol_label(protocol), protocol.get("tie_policy"),
             _label(record), json.dumps(record.get("params"), sort_keys=True))
 
 
@@ -58,7 +70,7 @@ def leaderboard_rows(
         row: dict[str, Any] = {"model": key[3], "seeds": len(ok), "status": _status(runs)}
         if ok and not all(audited(r) for r in ok):
             row["status"] += " (unaudited)"
-        for column in _COLUMNS.get(key[1], []):
+        for column in _COLUMNS.get(key[1].split()[0], []):
             values = [r["metrics"].get("test", {}).get(column) for r in ok]
             values = [v for v in values if v is not None]
             if values:
@@ -105,7 +117,7 @@ def leaderboard(
     out = []
     for (ds, proto, ties), rows in sorted(leaderboard_rows(records, dataset, protocol).items(),
                                           key=lambda kv: tuple(str(x) for x in kv[0])):
-        columns = [c for c in [*_COLUMNS.get(proto, []), "fit s/epoch", "eval s"]
+        columns = [c for c in [*_COLUMNS.get(proto.split()[0], []), "fit s/epoch", "eval s"]
                    if any(c in r for r in rows)]
         main = columns[0] if columns else None
         sign = 1 if main in _LOWER_IS_BETTER else -1
@@ -127,7 +139,7 @@ def leaderboard(
                 line.append(text)
             line += [r["seeds"], r["status"]]
             table.append(line)
-        headers = ["model", *columns, "seeds", "status"]
+        headers = ["model", *(_HEADERS.get(c, c) for c in columns), "seeds", "status"]
         title = f"{ds} · protocol {proto} · ties {ties} · test split"
         body = tabulate(table, headers=headers, tablefmt={"latex": "latex_raw"}.get(fmt, fmt),
                         disable_numparse=True)
