@@ -145,6 +145,8 @@ class HierarchicalModel(Model):
         counts = np.bincount(train.item, minlength=self._n_items)
         self._sampler = PopularitySampler(counts, float(self.sample_alpha))
         self._net = self._network(self._n_users, self._n_items)
+        # Item tables take sparse gradients; their indices come from the model's own batches.
+        torch.sparse.check_sparse_tensor_invariants.disable()
         self._opt = self._optimizers(self._net)
         self._epochs_done = 0
         self._epoch_seconds: list[float] = []

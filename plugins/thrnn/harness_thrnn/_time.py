@@ -72,13 +72,12 @@ def expected_gap(s: np.ndarray, w: float, alpha: float = 1.0, expectation: str =
         x, jacobian = g, 1.0
     elif expectation == "transformed":
         x = g**alpha
-        with np.errstate(divide="ignore"):
-            jacobian = np.where(g > 0, alpha * g ** (alpha - 1.0), 0.0 if alpha > 1 else np.inf)
+        jacobian = np.zeros_like(g)  # g * f(g) vanishes at 0, so its value there is irrelevant
+        jacobian[g > 0] = alpha * g[g > 0] ** (alpha - 1.0)
     else:
         raise ValueError(f"expectation must be one of {EXPECTATIONS}, got {expectation!r}")
     density = np.exp(s + w * x + (np.exp(s) - np.exp(s + w * x)) / w)
     integrand = g * density * jacobian
-    integrand[:, g == 0] = 0.0  # g * f(g) vanishes at 0 (also when the Jacobian does not)
     # A row-wise sum, not a matrix product: each row's value must not depend on the other rows.
     return (integrand * c).sum(axis=1)
 
