@@ -278,8 +278,8 @@ def test_data_size_grid_uses_stream_prefixes(tmp_path):
 def test_grid_errors(tmp_path, capsys):
     assert main(["grid", "embedding-size", "--models", "popularity", "--results", str(tmp_path)]) == 2
     assert "has no embedding size parameter" in capsys.readouterr().err
-    assert main(["grid", "thrnn-alpha", "--results", str(tmp_path)]) == 2
-    assert "THRNN does not exist in harness yet" in capsys.readouterr().err
+    assert main(["grid", "thrnn-alpha", "--models", "popularity", "--results", str(tmp_path)]) == 2
+    assert "model 'popularity' has no parameter 'alpha'" in capsys.readouterr().err
     assert main(["grid", "training-fractoin", "--models", "popularity"]) == 2
     assert "did you mean 'training-fraction'" in capsys.readouterr().err
     assert main(["grid", "training-fraction", "--models", "popularity", "--values", "0.9",
