@@ -3,8 +3,8 @@
 LastFM-1K after THRNN's preprocessing has 977 users, 630,774 sessions, about 5.1 M events and
 94,284 items. The synthetic set has exactly those users, sessions and items (``lastfm_sessions``
 below: the project's generator, sessionized, keeps far fewer events, since it collapses repeats
-and drops long sessions), cut by the sessions protocol (per user the last 20% of sessions test, 10% before them
-valid). The benchmark
+and drops long sessions), cut by the sessions protocol (per user the last 20% of sessions
+test, 10% before them valid). The benchmark
 
 1. times generating, sessionizing and cutting the set, and ``fit`` of each model on the whole
    training part (session table, sampler, parameters: 94,284-row item tables);

@@ -323,7 +323,6 @@ def _return_time(records: list[dict[str, Any]]) -> list:
 
 
 def _thrnn_alpha(records: list[dict[str, Any]]) -> list:
-    import numpy as np
 
     plt = _pyplot()
     figures = []

@@ -110,7 +110,8 @@ def test_thrnn_alpha_lines_per_alpha_with_hawkes_references():
     assert stem == "thrnn-alpha-toyset-sessions" and "Figures 3 and 4" in title
     lines = {c.get_label(): c.lines[0] for c in ax.containers if c.get_label() != "test gaps"}
     assert sorted(lines) == ["hawkes", "hawkes (history=all)", "thrnn α=0.3", "thrnn α=1.0"]
-    np.testing.assert_allclose(np.asarray(lines["thrnn α=0.3"].get_ydata(), float), [0.2, 0.4])  # mean over seeds
+    # the mean over seeds
+    np.testing.assert_allclose(np.asarray(lines["thrnn α=0.3"].get_ydata(), float), [0.2, 0.4])
     np.testing.assert_allclose(np.asarray(lines["hawkes (history=all)"].get_ydata(), float), [0.8, 1.1])
     assert lines["hawkes"].get_linestyle() == "--" and lines["thrnn α=1.0"].get_linestyle() == "-"
 

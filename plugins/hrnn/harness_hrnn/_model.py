@@ -40,7 +40,6 @@ from harness.errors import UsageError
 from harness.interactions import Interactions
 from harness_hrnn._sessions import (
     OnlineSessions,
-    SessionTable,
     distinct_runs,
     session_table,
     user_parallel_batches,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import harness_hrnn._model as hrnn_model
 import numpy as np
 import pytest
 import torch
 from harness_hrnn import HRNN, session_table
 
-import harness_hrnn._model as hrnn_model
 from harness.errors import UsageError
 from harness.evaluate import Protocol, prepare
 from harness.interactions import Interactions
