@@ -8,7 +8,12 @@ raw samples (the parent has imported tick before timing; spawned workers import 
 timed fit). Then streams the last 20% and reports the return-time MAE (hours) of the fitted
 model against the user's-mean-gap rule it falls back to.
 
+``--sliding`` times the sliding refit instead (THRNN's baseline: a fit per prediction on the
+user's last 15 visits): the whole stream of predictions, and one window fit by the exact
+least-squares solve against tick's learner on the same windows.
+
     python benchmarks/bench_hawkes.py [--users 1000] [--repeats 3] [--jobs 1,2] [--variants ...]
+    python benchmarks/bench_hawkes.py --sliding [--users 1000]
 """
 
 from __future__ import annotations
@@ -99,12 +104,46 @@ def mae_hours(model: Hawkes, events: Interactions, gaps: np.ndarray) -> tuple[fl
     return float(np.abs(true - pred).mean()), float(np.abs(true - rule).mean())
 
 
+def sliding(train: Interactions, events: Interactions, gaps: np.ndarray) -> None:
+    """Time the sliding refit over every prediction, and its window fit against tick's."""
+    from harness_hawkes import least_squares_fit
+    from tick.hawkes import HawkesExpKern
+
+    model = Hawkes(n_jobs=1)
+    tic = time.perf_counter()
+    model.fit(train)
+    fit = time.perf_counter() - tic
+    tic = time.perf_counter()
+    mae, rule = mae_hours(model, events, gaps)
+    stream = time.perf_counter() - tic
+    report = model.fit_report
+    print(f"sliding: fit {fit:.2f} s; streaming with predictions {stream:.2f} s, of which window "
+          f"fits {report['sliding_fit_seconds']:.2f} s; {report['fitted']} window fits, "
+          f"{report['clipped_fits']} clipped, {report['fallback_failed_fit']} failed, "
+          f"{report['fallback_few_sessions']} too short; MAE {mae:.2f} h (user's mean gap "
+          f"{rule:.2f} h)")
+    windows = []
+    for starts in list(model.starts_.values())[:200]:
+        for stop in range(15, len(starts) + 1, 5):
+            w = np.asarray(starts[stop - 15:stop])
+            windows.append((w - w[0]) / 86400.0)
+    for name, fit_one in (("exact least squares", lambda w: least_squares_fit(w, 0.5)),
+                          ("tick HawkesExpKern", lambda w: HawkesExpKern(
+                              decays=0.5, gofit="least-squares").fit([w]))):
+        tic = time.perf_counter()
+        for w in windows:
+            fit_one(w)
+        per = (time.perf_counter() - tic) / len(windows)
+        print(f"  one 15-visit window fit, {name}: {per * 1e6:.0f} us ({len(windows)} windows)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--hours", type=float, default=2000.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs", default="1,2")
+    parser.add_argument("--sliding", action="store_true", help="time the sliding refit")
     parser.add_argument("--variants", default="last15-grid,last15-fixed,all-grid,all-fixed",
                         help="which of last15-grid, last15-fixed, all-grid, all-fixed to time")
     args = parser.parse_args()
@@ -117,6 +156,9 @@ def main() -> None:
           f"train {len(train)} events, evaluation {len(events)} events, "
           f"{int((~np.isnan(gaps)).sum())} return-time queries")
     print(f"machine: {os.cpu_count()} cores, python {platform.python_version()}\n")
+    if args.sliding:
+        sliding(train, events, gaps)
+        return
     print(f"| variant | decay | n_jobs | workers | fit s (median of {args.repeats}) | raw s | "
           "fitted | fallback (few / failed) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -127,7 +169,7 @@ def main() -> None:
         for jobs in (int(j) for j in args.jobs.split(",")):
             samples, model = [], None
             for _ in range(args.repeats):
-                model = Hawkes(history=history, decay=decay, n_jobs=jobs)
+                model = Hawkes(history=history, decay=decay, n_jobs=jobs, refit="frozen")
                 tic = time.perf_counter()
                 model.fit(train)
                 samples.append(time.perf_counter() - tic)

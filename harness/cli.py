@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=_csv, help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
     p.add_argument("--dataset", default="synthetic", help="registered name or path to a JODIE CSV")
     p.add_argument("--protocol", default="streaming", choices=["streaming", "state", "sessions"])
+    p.add_argument("--preset", choices=["thrnn"],
+                   help="a paper's protocol settings: thrnn = the sessions protocol as the THRNN "
+                   "authors run it (80/20 per user, no validation; their filters and MAE)")
+    p.add_argument("--refit", action="store_true",
+                   help="choose the epoch count on validation, then train a fresh model on "
+                   "train + valid for that many epochs and test it")
     p.add_argument("--epochs", type=int, help="training epochs (default: each model's own)")
     p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--param", type=_param, action="append", default=[], metavar="MODEL.KEY=VALUE",
@@ -136,22 +142,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("no models to run: install a model plugin or pass --models / --plugin")
     protocol: dict[str, Any] = {"name": args.protocol, "tie_policy": args.tie_policy,
                                 "patience": args.patience, "audits": args.audits}
+    if args.preset:
+        protocol["preset"] = args.preset
+    if args.refit:
+        protocol["refit"] = True
     if args.split:
         protocol.update(zip(("train", "valid", "test"), args.split))
     if args.session_gap:
         protocol["session_gap"] = args.session_gap
-    Protocol(**protocol)  # validate before any work
+    protocol["name"] = protocol_name = Protocol(**protocol).name  # validate first; a preset sets it
     params = _model_params(args, models)
     if args.params or args.params_from:
         from harness.tuning import tuned_params
 
-        tuned = tuned_params(models, dataset=args.dataset, protocol=args.protocol,
+        tuned = tuned_params(models, dataset=args.dataset, protocol=protocol_name,
                              results=args.results, storage=args.storage, study=args.params_from,
                              plugins=plugins, log=lambda line: print(line, file=sys.stderr))
         params = {name: {**tuned.get(name, {}), **params[name]} for name in models}
     for name in models:  # unknown names, parameters and capabilities fail before anything runs
         info = describe_model(ModelRef(name, plugins.get(name), params[name]))  # in its own process
-        check_compatible(info.capabilities, args.protocol, name)
+        check_compatible(info.capabilities, protocol_name, name)
     from harness.data import open_dataset
 
     # a bad name or a malformed file fails here, before any run; workers then load from the cache

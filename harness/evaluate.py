@@ -10,6 +10,13 @@ Protocols (see DESIGN.md):
 - ``sessions``: THRNN's protocol. Each user's events are sessionized; per user the last 20% of
   sessions are test and the 10% before them valid. Next item within sessions (every event but a
   session's first) and the return time from the end of each visit to the user's next one.
+  ``Protocol("sessions", preset="thrnn")`` is the THRNN authors' setting (see :data:`PRESETS`):
+  their preprocessing, a per-user 80/20 split with no validation part, and their return-time MAE.
+
+A protocol with ``valid=0`` trains for the requested epochs with no selection and tests the last
+one. ``refit=True`` selects the epoch count on validation, then fits a fresh copy of the model on
+train + valid for that many epochs and tests it (the validation figures are those of the
+selection run).
 
 Iterative models are validated after every epoch on a copy; the test metrics are those of the
 best validation epoch. Valid and test events are streamed in one time-ordered pass, so a model
@@ -22,18 +29,20 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from harness.api import Model
-from harness.errors import HarnessError, UsageError
+from harness.errors import HarnessError, UsageError, did_you_mean
 from harness.interactions import Interactions
-from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall
+from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall, thrnn_return_mae
 from harness.sandbox import LocalModel, ModelProcess, ModelRef, Step, one_core
 
 __all__ = [
     "AUDIT_COUNTS",
+    "PRESETS",
     "PROTOCOLS",
     "AuditFailure",
     "Evaluation",
@@ -42,12 +51,39 @@ __all__ = [
     "evaluate",
     "iter_blocks",
     "prepare",
+    "preset_session_gap",
     "replay",
 ]
 
 PROTOCOLS = ("streaming", "state", "sessions")
-#: Return-time bins in days, centred on whole days as in THRNN's Figure 3.
-GAP_BINS_DAYS = (0.0, 0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, math.inf)
+#: Return-time bins in hours, centred on whole days as in THRNN's Figure 3.
+GAP_BINS_HOURS = (0.0, 12.0, 36.0, 60.0, 84.0, 108.0, 132.0, 156.0, 180.0, math.inf)
+#: Inner bucket edges (hours) of THRNN's return-time table (the authors' tester); the buckets
+#: below ``min_return_gap`` and from ``max_return_gap`` on are reported apart.
+THRNN_GAP_EDGES_HOURS = (2.0, 12.0, *(36.0 + 24.0 * k for k in range(12)), 348.0, 396.0, 444.0)
+#: Protocol presets: the fields a preset sets unless the protocol gives them explicitly.
+#: ``thrnn`` is the THRNN authors' code (Vassøy et al. 2019; BjornarVass/Recsys): sessions by an
+#: idle gap of 30 min (1 h on datasets named ``reddit*``, see :func:`preset_session_gap`),
+#: 1-event sessions dropped, lengths 2-39 kept, parts of 20 with a trailing 1-event part
+#: dropped, users with fewer than 3 sessions dropped, per-user 80/20 split without validation,
+#: and the return-time MAE of their tester: start-to-start gaps, gaps under the session gap left
+#: out, gaps from 500 h on compressed to 500 h and left out of the headline ``mae_thrnn``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "thrnn": {"name": "sessions", "valid": 0.0, "test": 0.2, "min_session_length": 2,
+              "max_visit_length": 39, "drop_single_tail": True, "min_user_sessions": 3,
+              "session_gap": 1800.0, "max_return_gap": 500 * 3600.0},
+}
+
+
+def preset_session_gap(preset: str | None, dataset: str) -> float | None:
+    """The session gap (seconds) a preset uses on ``dataset``, or None when it sets none.
+
+    THRNN's code uses 30 min on LastFM and 1 h on Reddit (its paper's text says the reverse):
+    datasets whose name starts with ``reddit`` get 1 h, every other dataset 30 min.
+    """
+    if preset != "thrnn":
+        return None
+    return 3600.0 if Path(dataset).name.lower().startswith("reddit") else 1800.0
 _NEEDS = {"streaming": ("rank",), "state": ("state",), "sessions": ("rank", "return_time")}
 _VALID, _TEST = 1, 2
 
@@ -67,8 +103,27 @@ class Protocol:
     patience: int = 5
     max_block: int = 1024
     audits: int = 16
+    preset: str | None = None
+    min_session_length: int | None = None
+    max_visit_length: int | None = None
+    drop_single_tail: bool | None = None
+    min_user_sessions: int | None = None
+    refit: bool = False
+    min_return_gap: float | None = None
+    max_return_gap: float | None = None
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise UsageError(did_you_mean(str(self.preset), list(PRESETS), "protocol preset"))
+            for key, value in PRESETS[self.preset].items():
+                if key == "name" and self.name not in (value, "streaming"):
+                    raise UsageError(f"preset {self.preset!r} is a {value!r} protocol, but the "
+                                     f"protocol is {self.name!r}; leave out --protocol")
+                if key == "name" or getattr(self, key) is None:
+                    object.__setattr__(self, key, value)
+            if self.min_return_gap is None and self.session_gap is not None:
+                object.__setattr__(self, "min_return_gap", float(self.session_gap))
         if self.name not in PROTOCOLS:
             raise UsageError(f"protocol must be one of {PROTOCOLS}, but got {self.name!r}")
         if self.tie_policy not in TIE_POLICIES:
@@ -81,13 +136,36 @@ class Protocol:
             train = round(1.0 - valid - test, 10)  # every session is in one part
         if self.audits < 0:
             raise UsageError(f"audits must be >= 0, but got {self.audits}")
-        if min(train, valid, test) <= 0 or train + valid + test > 1 + 1e-9:
+        if min(train, test) <= 0 or valid < 0 or train + valid + test > 1 + 1e-9:
             raise UsageError(
-                "split fractions must be positive and sum to at most 1, but got "
+                "split fractions must be positive (valid may be 0) and sum to at most 1, but got "
                 f"train={train}, valid={valid}, test={test}"
             )
+        if self.refit and valid <= 0:
+            raise UsageError("refit chooses the epoch count on validation, so it needs a "
+                             f"validation part, but valid={valid}; pass --split TRAIN,VALID,TEST")
         for attr, value in zip(("train", "valid", "test"), (train, valid, test)):
             object.__setattr__(self, attr, value)
+        unset: dict[str, Any] = {"min_session_length": 1,
+                                 "max_visit_length": 2 * self.max_session_length,
+                                 "drop_single_tail": False, "min_user_sessions": 1,
+                                 "max_return_gap": 500 * 3600.0}
+        for key, value in unset.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        for key in ("max_session_length", "min_session_length", "max_visit_length",
+                    "min_user_sessions"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{key} must be an integer >= 1, but got {value!r}")
+        for key in ("session_gap", "min_return_gap", "max_return_gap"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise UsageError(f"{key} must be a positive number of seconds, but got {value!r}")
+        if self.min_return_gap is not None and self.min_return_gap >= (self.max_return_gap or 0):
+            raise UsageError("`min_return_gap < max_return_gap` must hold, but got "
+                             f"min_return_gap={self.min_return_gap}, "
+                             f"max_return_gap={self.max_return_gap}")
 
     @property
     def fractions(self) -> tuple[float, float, float]:
@@ -97,9 +175,14 @@ class Protocol:
 
     @property
     def selection_metric(self) -> str:
-        """The validation metric that picks the best epoch (``mae`` for return-time-only models
-        on the sessions protocol)."""
+        """The validation metric that picks the best epoch (``mae``, or ``mae_thrnn`` when the
+        THRNN figure is computed, for return-time-only models on the sessions protocol)."""
         return {"streaming": "mrr", "state": "auc", "sessions": "recall@20"}[self.name]
+
+    @property
+    def return_selection_metric(self) -> str:
+        """The validation metric of return-time-only models (lower is better)."""
+        return "mae" if self.min_return_gap is None else "mae_thrnn"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -117,6 +200,18 @@ class Prepared:
     ranked: np.ndarray  # bool: the event is a next-item query
     gap: np.ndarray  # seconds to the user's next visit when the event ends a visit, else NaN
     index: np.ndarray  # position of each evaluation event in the whole (sessionized) stream
+    span: np.ndarray | None = None  # seconds from the visit's start to its end, where gap is set
+    refit: Prepared | None = None  # train + valid as training, test events (protocol.refit)
+
+    def counts(self) -> dict[str, int]:
+        """What the protocol kept of the stream (after sessions and their filters)."""
+        users = np.union1d(self.train.user, self.events.user)
+        out = {"users": int(users.size), "events": len(self.train) + len(self.events),
+               "train_events": len(self.train), "valid_events": int((self.split == _VALID).sum()),
+               "test_events": int((self.split == _TEST).sum())}
+        if self.train.session is not None and self.events.session is not None:
+            out["sessions"] = int(np.union1d(self.train.session, self.events.session).size)
+        return out
 
 
 @dataclass
@@ -157,36 +252,44 @@ def prepare(stream: Interactions, protocol: Protocol) -> Prepared:
     if protocol.name == "sessions":
         if stream.session is None:
             stream = sessionize(
-                stream, gap=protocol.session_gap or 3600.0, max_length=protocol.max_session_length
+                stream, gap=protocol.session_gap or 3600.0, max_length=protocol.max_session_length,
+                min_length=protocol.min_session_length or 1,
+                max_visit_length=protocol.max_visit_length,
+                drop_single_tail=bool(protocol.drop_single_tail),
+                min_user_sessions=protocol.min_user_sessions or 1,
             )
         _, valid, test = protocol.fractions
         codes = session_split(stream, test=test, valid=valid)
     else:
         codes = index_split(len(stream), *protocol.fractions)
     codes = np.asarray(codes)
-    evaluated = codes >= _VALID
-    if not all((codes == code).any() for code in (0, _VALID, _TEST)):
+    needed = (0, _VALID, _TEST) if protocol.fractions[1] > 0 else (0, _TEST)
+    if not all((codes == code).any() for code in needed):
         raise UsageError(
             f"the {protocol.name} split of {stream.name!r} ({len(stream)} events) leaves no "
             "training, validation or test events; use a larger dataset or other --split fractions"
         )
     ranked = np.ones(len(stream), bool)
     gap = np.full(len(stream), np.nan)
+    span = None
     if protocol.name == "sessions":
-        ranked, gap = _session_targets(stream)
-    idx = np.flatnonzero(evaluated)
-    return Prepared(
-        train=stream[codes == 0],
-        events=stream[idx],
-        split=codes[idx].astype(np.int8),
-        ranked=ranked[idx],
-        gap=gap[idx],
-        index=idx,
-    )
+        ranked, gap, span = _session_targets(stream)
+
+    def cut(train: np.ndarray, evaluated: np.ndarray) -> Prepared:
+        idx = np.flatnonzero(evaluated)
+        return Prepared(train=stream[train], events=stream[idx], split=codes[idx].astype(np.int8),
+                        ranked=ranked[idx], gap=gap[idx], index=idx,
+                        span=None if span is None else span[idx])
+
+    data = cut(codes == 0, codes >= _VALID)
+    if protocol.refit:
+        data.refit = cut((codes == 0) | (codes == _VALID), codes == _TEST)
+    return data
 
 
-def _session_targets(stream: Interactions) -> tuple[np.ndarray, np.ndarray]:
-    """Which events are within-session queries, and the return-time target at each visit end."""
+def _session_targets(stream: Interactions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which events are within-session queries, and at each visit end the return-time target
+    (seconds to the user's next visit) and the visit's span (seconds since its first event)."""
     assert stream.session is not None and stream.visit is not None, "sessionize the stream first"
     n = len(stream)
     order = np.lexsort((np.arange(n), stream.user))  # by user, then time
@@ -195,14 +298,19 @@ def _session_targets(stream: Interactions) -> tuple[np.ndarray, np.ndarray]:
     same_user = np.r_[False, user[1:] == user[:-1]]
     ranked = np.empty(n, bool)
     ranked[order] = same_user & np.r_[False, session[1:] == session[:-1]]
+    starts_visit = np.r_[True, visit[1:] != visit[:-1]]
     ends_visit = np.r_[visit[1:] != visit[:-1], True]
     next_is_same_user = np.r_[same_user[1:], False]
     gap_sorted = np.full(n, np.nan)
     has_next = ends_visit & next_is_same_user
     gap_sorted[has_next] = t[1:][has_next[:-1]] - t[has_next]
+    start_time = np.maximum.accumulate(np.where(starts_visit, np.arange(n), 0))
+    span_sorted = np.where(has_next, t - t[start_time], np.nan)
     gap = np.empty(n)
     gap[order] = gap_sorted
-    return ranked, gap
+    span = np.empty(n)
+    span[order] = span_sorted
+    return ranked, gap, span
 
 
 def iter_blocks(stream: Interactions, max_block: int = 1024) -> Iterator[tuple[int, int]]:
@@ -235,7 +343,7 @@ class _Collector:
         self.worst: list[np.ndarray] = []
         self.rank_split: list[np.ndarray] = []
         self.state: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.gaps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.gaps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.model_seconds = 0.0
         self.events = 0
         self.audit = dict.fromkeys(AUDIT_COUNTS, 0)
@@ -267,12 +375,22 @@ class _Collector:
             except ValueError as exc:
                 notes.append(f"auc not reported for split {_SPLIT_NAMES[split]}: {exc}")
         if self.gaps:
-            true, pred, where = (np.concatenate(c) for c in zip(*self.gaps))
-            true, pred = true[where == split] / 3600.0, pred[where == split] / 3600.0
+            true, pred, where, span = (np.concatenate(c) for c in zip(*self.gaps))
+            sel = where == split
+            true, pred, span = true[sel] / 3600.0, pred[sel] / 3600.0, span[sel] / 3600.0  # hours
             if true.size:
                 out["mae"] = mae(true, pred)
-                out["mae_by_gap_days"] = mae_by_bin(true / 24.0, pred / 24.0, GAP_BINS_DAYS)
+                out["mae_by_gap_hours"] = mae_by_bin(true, pred, GAP_BINS_HOURS)
                 out["return_time_queries"] = int(true.size)
+                if protocol.min_return_gap is not None:
+                    assert protocol.max_return_gap is not None
+                    thrnn = thrnn_return_mae(span + true, span + pred,
+                                             min_gap=protocol.min_return_gap / 3600.0,
+                                             max_gap=protocol.max_return_gap / 3600.0,
+                                             edges=THRNN_GAP_EDGES_HOURS)
+                    out["return_time_thrnn_queries"] = thrnn.pop("queries")
+                    out["mae_thrnn_by_gap_hours"] = thrnn.pop("mae_thrnn_by_gap")
+                    out.update(thrnn)
         return out
 
 
@@ -439,7 +557,9 @@ def _stream(
             out.state.append((block.label, got.state.astype(np.float64), data.split[a:b]))
         if n_ends:
             assert ends is not None and got.gap is not None
-            out.gaps.append((data.gap[a:b][ends], got.gap.astype(np.float64), data.split[a:b][ends]))
+            span = data.span[a:b][ends] if data.span is not None else np.zeros(n_ends)
+            out.gaps.append((data.gap[a:b][ends], got.gap.astype(np.float64), data.split[a:b][ends],
+                             span))
         out.events += b - a
         if progress is not None:
             progress(b - a)
@@ -519,12 +639,14 @@ def _evaluate(
     caps = frozenset(meta["capabilities"])
     check_compatible(caps, protocol.name, meta["name"])
     data = stream if isinstance(stream, Prepared) else prepare(stream, protocol)
+    if protocol.refit and data.refit is None:
+        raise UsageError("the protocol asks for refit, but the prepared data has no refit part; "
+                         "prepare it with the same protocol")
     notes: list[str] = []
     max_block = protocol.max_block if meta["supports_blocks"] else 1
     blocks = list(iter_blocks(data.events, max_block))
-    valid_end = int(np.flatnonzero(data.split == _VALID)[-1]) + 1
-    n_eval = len(data.events)
-    n_valid_blocks = sum(a < valid_end for a, _ in blocks)
+    in_valid = np.flatnonzero(data.split == _VALID)
+    valid_end = int(in_valid[-1]) + 1 if in_valid.size else 0
     passes = iter(range(1, 1 << 30))
 
     def bar(total: int, desc: str):
@@ -532,70 +654,108 @@ def _evaluate(
         return tqdm(total=total, desc=desc, unit="ev", disable=None if progress else True, leave=False,
                     mininterval=0.5)
 
-    def run_pass(probe: ModelProcess, start: int, stop: int, n_blocks: int, desc: str
-                 ) -> tuple[_Collector, float]:
+    def run_pass(probe: ModelProcess, part: Prepared, part_blocks: list[tuple[int, int]],
+                 start: int, stop: int, desc: str) -> tuple[_Collector, float]:
+        n_blocks = sum(a < stop and b > start for a, b in part_blocks)
         auditor = _Auditor(protocol, seed, next(passes), n_blocks) if protocol.audits else None
         with bar(stop - start, desc) as pb, one_core(probe) as spare:
             t0 = time.perf_counter()
-            collected = _stream(probe, data, protocol, caps, start, stop, blocks, pb.update, auditor,
-                                spare)
+            collected = _stream(probe, part, protocol, caps, start, stop, part_blocks, pb.update,
+                                auditor, spare)
             return collected, time.perf_counter() - t0
 
-    tic = time.perf_counter()
-    proc.fit(data.train, seed=seed)
-    setup_seconds = time.perf_counter() - tic
-    epoch_records: list[dict[str, Any]] = []
-    fit_samples: list[float] = []
-    valid_samples: list[float] = []
-    best: tuple[float, int, ModelProcess, _Collector] | None = None
-    selection = protocol.selection_metric
-    if protocol.name == "sessions" and "rank" not in caps:
-        selection = "mae"
-    sign = -1.0 if selection == "mae" else 1.0
-    if not meta["iterative"] or not (epochs or meta["default_epochs"]):
-        n_epochs = 0
-    else:
-        n_epochs = epochs if epochs is not None else meta["default_epochs"]
+    def validate(probe: ModelProcess) -> tuple[_Collector, float]:
+        return run_pass(probe, data, blocks, 0, valid_end, "valid")
 
-    if n_epochs == 0:
-        probe = proc.fork()
-        collected, seconds = run_pass(probe, 0, valid_end, n_valid_blocks, "valid")
-        valid_samples.append(seconds)
-        best = (0.0, 0, probe, collected)
-    for epoch in range(1, n_epochs + 1):
-        t0 = time.perf_counter()
-        losses = proc.train_epoch()
-        fit_samples.append(time.perf_counter() - t0)
-        probe = proc.fork()  # the pass runs in a copy: nothing it does reaches training
-        collected, seconds = run_pass(probe, 0, valid_end, n_valid_blocks, "valid")
-        valid_samples.append(seconds)
-        valid_metrics = collected.metrics(_VALID, protocol, [])
-        value = valid_metrics.get(selection, math.nan)
-        record = {"epoch": epoch, "fit_seconds": fit_samples[-1], "valid_seconds": seconds,
-                  "losses": losses, "valid": _plain(valid_metrics)}
-        epoch_records.append(record)
-        if best is None or (not math.isnan(value)
-                            and (math.isnan(best[0]) or sign * value > sign * best[0])):
-            if best is not None:
-                best[2].close()
-            best = (value, epoch, probe, collected)
+    pristine = proc.fork() if protocol.refit else None  # never fitted: refit starts from it
+    try:
+        tic = time.perf_counter()
+        proc.fit(data.train, seed=seed)
+        setup_seconds = time.perf_counter() - tic
+        epoch_records: list[dict[str, Any]] = []
+        fit_samples: list[float] = []
+        valid_samples: list[float] = []
+        best: tuple[float, int, ModelProcess | None, _Collector] | None = None
+        selection = protocol.selection_metric
+        if protocol.name == "sessions" and "rank" not in caps:
+            selection = protocol.return_selection_metric
+        sign = -1.0 if selection.startswith("mae") else 1.0
+        if not meta["iterative"] or not (epochs or meta["default_epochs"]):
+            n_epochs = 0
         else:
+            n_epochs = epochs if epochs is not None else meta["default_epochs"]
+
+        if n_epochs == 0:
+            probe = proc.fork()
+            collected, seconds = validate(probe) if valid_end else (_Collector(), 0.0)
+            valid_samples += [seconds] if valid_end else []
+            best = (0.0, 0, probe, collected)
+        for epoch in range(1, n_epochs + 1):
+            t0 = time.perf_counter()
+            losses = proc.train_epoch()
+            fit_samples.append(time.perf_counter() - t0)
+            record = {"epoch": epoch, "fit_seconds": fit_samples[-1], "losses": losses}
+            if not valid_end:  # nothing to select on: the last epoch is tested
+                epoch_records.append(record)
+                if on_epoch is not None:
+                    on_epoch(record)
+                best = (math.nan, epoch, None, _Collector())
+                continue
+            probe = proc.fork()  # the pass runs in a copy: nothing it does reaches training
+            collected, seconds = validate(probe)
+            valid_samples.append(seconds)
+            valid_metrics = collected.metrics(_VALID, protocol, [])
+            value = valid_metrics.get(selection, math.nan)
+            record.update(valid_seconds=seconds, valid=_plain(valid_metrics))
+            epoch_records.append(record)
+            if best is None or (not math.isnan(value)
+                                and (math.isnan(best[0]) or sign * value > sign * best[0])):
+                if best is not None and best[2] is not None:
+                    best[2].close()
+                best = (value, epoch, probe, collected)
+            else:
+                probe.close()
+            if on_epoch is not None:
+                on_epoch(record)
+            if epoch - best[1] >= protocol.patience:
+                notes.append(f"early stop after epoch {epoch}: no better validation {selection} "
+                             f"for {protocol.patience} epochs")
+                break
+        assert best is not None
+        _, best_epoch, best_probe, collected = best
+        probe = best_probe if best_probe is not None else proc.fork()
+        if not valid_end:
+            notes.append("no validation part: no model selection"
+                         + (f", tested after the last epoch ({best_epoch})" if n_epochs else ""))
+        elif n_epochs and math.isnan(best[0]):
+            notes.append(f"validation {selection} was not available: epoch {best[1]} reported")
+        refit_seconds = None
+        test_data, test_blocks, test_start = data, blocks, valid_end
+        if pristine is not None:
+            assert data.refit is not None
             probe.close()
-        if on_epoch is not None:
-            on_epoch(record)
-        if epoch - best[1] >= protocol.patience:
-            notes.append(f"early stop after epoch {epoch}: no better validation {selection} "
-                         f"for {protocol.patience} epochs")
-            break
-    assert best is not None
-    if n_epochs and math.isnan(best[0]):
-        notes.append(f"validation {selection} was not available: epoch {best[1]} reported")
-    _, best_epoch, probe, collected = best
-    rest, test_seconds = run_pass(probe, valid_end, n_eval, len(blocks) - n_valid_blocks, "test")
-    collected.extend(rest)
-    report = probe.report()
-    probe.close()
-    eval_seconds = valid_samples[best_epoch - 1 if n_epochs else 0] + test_seconds
+            probe, pristine = pristine, None
+            t0 = time.perf_counter()
+            probe.fit(data.refit.train, seed=seed)
+            for _ in range(best_epoch if n_epochs else 0):
+                probe.train_epoch()
+            refit_seconds = time.perf_counter() - t0
+            notes.append(f"refit: a fresh model fitted on train + valid "
+                         f"({len(data.refit.train)} events)"
+                         + (f" for {best_epoch} epochs (the best validation epoch)" if n_epochs
+                            else "") + " was tested")
+            test_data, test_start = data.refit, 0
+            test_blocks = list(iter_blocks(test_data.events, max_block))
+        rest, test_seconds = run_pass(probe, test_data, test_blocks, test_start,
+                                      len(test_data.events), "test")
+        collected.extend(rest)
+        report = probe.report()
+        probe.close()
+    finally:
+        if pristine is not None:
+            pristine.close()
+    best_valid = valid_samples[best_epoch - 1 if n_epochs else 0] if valid_samples else 0.0
+    eval_seconds = best_valid + test_seconds
     metrics = {name: collected.metrics(code, protocol, notes) for code, name in _SPLIT_NAMES.items()}
     fit_seconds = setup_seconds + sum(fit_samples)
     timing = {
@@ -609,6 +769,9 @@ def _evaluate(
         "samples": {"epoch_fit_seconds": fit_samples, "valid_seconds": valid_samples,
                     "test_seconds": [test_seconds]},
     }
+    if refit_seconds is not None:
+        assert data.refit is not None
+        timing.update(refit_seconds=refit_seconds, refit_train_events=len(data.refit.train))
     audit = {**collected.audit, "audits_per_pass": protocol.audits}
     return Evaluation(
         _plain(metrics), epoch_records, best_epoch if n_epochs else None, timing, notes,
@@ -629,7 +792,7 @@ def replay(model: Model, data: Prepared, protocol: Protocol, max_block: int) -> 
         "best": cat(got.best),
         "worst": cat(got.worst),
         "state": cat([p for _, p, _ in got.state]),
-        "gap": cat([p for _, p, _ in got.gaps]),
+        "gap": cat([p for _, p, _, _ in got.gaps]),
     }
 
 

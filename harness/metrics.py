@@ -27,6 +27,7 @@ __all__ = [
     "mrr",
     "rank_bounds",
     "recall",
+    "thrnn_return_mae",
 ]
 
 TIE_POLICIES = ("average", "optimistic", "pessimistic")
@@ -137,6 +138,42 @@ def mae_by_bin(true, predicted, edges) -> dict[str, dict[str, float]]:
                 "mae": mae(true[inside], predicted[inside]),
                 "count": int(inside.sum()),
             }
+    return out
+
+
+def thrnn_return_mae(true, predicted, *, min_gap: float, max_gap: float,
+                     edges=()) -> dict[str, object]:
+    """Return-time MAE as the THRNN authors' tester reports it, on start-to-start gaps.
+
+    A query whose true gap is below ``min_gap`` falls in their lowest bucket and counts in no
+    total. A true gap of ``max_gap`` or more is compressed to ``max_gap`` and falls in their last
+    bucket, which the headline total leaves out. Returns ``mae_thrnn`` (the headline: true gaps
+    in ``[min_gap, max_gap)``), ``mae_thrnn_with_compressed`` (the compressed ones too),
+    ``mae_thrnn_by_gap`` (per bucket: ``[0, min_gap)``, ``[min_gap, e1)``, ... ``[max_gap, inf)``
+    with inner ``edges`` between the two, each with ``mae`` and ``count``; empty buckets left
+    out) and ``queries`` (``kept``, ``below_min``, ``compressed``). A total with no query is
+    left out rather than reported as 0. Units are the caller's (the harness passes hours).
+    """
+    true = np.asarray(true, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    if true.shape != predicted.shape:
+        raise ValueError(f"true and predicted differ in shape: {true.shape} vs {predicted.shape}")
+    if not min_gap < max_gap:
+        raise ValueError(f"`min_gap < max_gap` must hold, but got {min_gap=}, {max_gap=}")
+    compressed = true >= max_gap
+    below = true < min_gap
+    kept = ~below & ~compressed
+    target = np.minimum(true, max_gap)
+    inner = [e for e in edges if min_gap < e < max_gap]
+    out: dict[str, object] = {
+        "queries": {"kept": int(kept.sum()), "below_min": int(below.sum()),
+                    "compressed": int(compressed.sum())},
+        "mae_thrnn_by_gap": mae_by_bin(target, predicted, [0.0, min_gap, *inner, max_gap, np.inf]),
+    }
+    if kept.any():
+        out["mae_thrnn"] = mae(target[kept], predicted[kept])
+    if (kept | compressed).any():
+        out["mae_thrnn_with_compressed"] = mae(target[~below], predicted[~below])
     return out
 
 

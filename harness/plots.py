@@ -292,12 +292,12 @@ def _return_time(records: list[dict[str, Any]]) -> list:
     plt = _pyplot()
     figures = []
     chosen = [r for r in records if not r.get("tuning")
-              and (r["metrics"].get("test") or {}).get("mae_by_gap_days")]
+              and (r["metrics"].get("test") or {}).get("mae_by_gap_hours")]
     for (dataset, protocol), group in sorted(_by_dataset(chosen).items()):
         group = _latest(group, lambda r: (_label(r), r["seed"]))
         per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in group:
-            for key, cell in r["metrics"]["test"]["mae_by_gap_days"].items():
+            for key, cell in r["metrics"]["test"]["mae_by_gap_hours"].items():
                 per[_label(r)][key].append(float(cell["mae"]))
         bins = sorted({b for p in per.values() for b in p}, key=_bin_low)
         labels = sorted(per)
@@ -313,8 +313,8 @@ def _return_time(records: list[dict[str, Any]]) -> list:
                    color=colors[label], capsize=2, edgecolor="black", lw=0.5)
         ax.set_xticks(range(len(bins)))
         ax.set_xticklabels([_bin_text(b) for b in bins])
-        ax.set_xlabel("true time to the next session (days)")
-        ax.set_ylabel("MAE (days)")
+        ax.set_xlabel("true time to the next session (hours)")
+        ax.set_ylabel("MAE (hours)")
         ax.grid(axis="x", visible=False)
         ax.set_title(_title("Return-time MAE per gap", dataset, protocol, seeds))
         ax.legend(frameon=False)

@@ -118,7 +118,7 @@ def run_one(
     ``on_epoch`` sees every epoch's record; if it raises, the run stops and the record's status
     is ``pruned``. ``data_fraction`` keeps only that leading share of the stream (runtime grids).
     """
-    from harness.evaluate import Protocol, check_compatible, evaluate, prepare
+    from harness.evaluate import Protocol, check_compatible, evaluate, prepare, preset_session_gap
 
     cache = cache or StreamCache()
     started = time.time()
@@ -144,7 +144,8 @@ def run_one(
             record["params_changed"] = meta["params_changed"]
             record["plugin"] = meta["class"]
             dataset, stream = cache.dataset(spec.dataset, spec.progress)
-            protocol = Protocol(**{"session_gap": dataset.session_gap, **spec.protocol})
+            gap = preset_session_gap(spec.protocol.get("preset"), dataset.name) or dataset.session_gap
+            protocol = Protocol(**{"session_gap": gap, **spec.protocol})
             record["protocol"] = protocol.to_dict()
             check_compatible(meta["capabilities"], protocol.name, spec.model)
             key = json.dumps([spec.dataset, protocol.to_dict(), data_fraction], sort_keys=True)
@@ -153,7 +154,8 @@ def run_one(
                     stream = stream[: max(1, int(round(data_fraction * len(stream))))]
                 cache.prepared[key] = (stream.counts(), prepare(stream, protocol))
             counts, prepared = cache.prepared[key]
-            record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts}
+            record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts,
+                                 "kept_by_protocol": prepared.counts()}
             if data_fraction is not None:
                 record["dataset"]["prefix_fraction"] = data_fraction
             result = evaluate(proc, prepared, protocol, epochs=spec.epochs, seed=spec.seed,

@@ -146,3 +146,26 @@ def test_a_malformed_file_is_one_line_exit_2_and_no_record(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert f"{bad}:3: timestamp 'abc' is not a number" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_preset_thrnn_runs_the_sessions_protocol_and_is_recorded(tmp_path, capsys):
+    code = main(["run", "--models", "recency,hawkes", "--preset", "thrnn", "--results",
+                 str(tmp_path), "--in-process", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "MAE THRNN (h)" in out and "MAE end-to-start (h)" in out
+    records = load_records(tmp_path)
+    assert {Path(r["_path"]).parent.name for r in records} == {"sessions"}
+    for record in records:
+        protocol = record["protocol"]
+        assert (protocol["preset"], protocol["valid"], protocol["min_user_sessions"]) == \
+            ("thrnn", 0.0, 3)
+        assert protocol["session_gap"] == 1800.0 and record["dataset"]["kept_by_protocol"]
+    hawkes = next(r for r in records if r["model"] == "hawkes")
+    assert hawkes["metrics"]["test"]["mae_thrnn"] > 0 and hawkes["model_report"]["refit"] == "sliding"
+    assert main(["run", "--models", "recency", "--preset", "thrnn", "--protocol", "state",
+                 "--results", str(tmp_path), "--quiet"]) == 2
+    assert "leave out --protocol" in capsys.readouterr().err
+    assert main(["run", "--models", "recency", "--preset", "thrnn", "--refit", "--results",
+                 str(tmp_path), "--quiet"]) == 2
+    assert "needs a validation part" in capsys.readouterr().err

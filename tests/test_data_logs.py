@@ -59,11 +59,43 @@ def test_lastfm_tsv_and_tar_give_the_same_stream(tmp_path):
     assert open_dataset(str(archive)).load().n_items == 3
 
 
-def test_lastfm_bad_line(tmp_path):
+def test_lastfm_malformed_lines_are_skipped_and_counted(tmp_path):
     tsv = tmp_path / "x.tsv"
-    tsv.write_text(LASTFM + "user_000003\t2009-05-04T23:08:57Z\tonly three\n")
-    with pytest.raises(DataError, match=r"x.tsv:6: expected 6 tab-separated columns.*found 3"):
-        load_lastfm_1k(tsv)
+    tsv.write_text(LASTFM + "user_000003\t2009-05-04T23:08:57Z\tonly three\n"
+                   "user_000003\tyesterday\ta7f7df4a\tArtist\t\tTrack\n"
+                   "\t2009-05-04T23:08:57Z\ta7f7df4a\tArtist\t\tTrack\n"
+                   "user_000003\t2009-05-05T00:00:00Z\t\t\t\tNo artist\n"
+                   "user_000004\t2009-05-06T00:00:00Z\tabc\tArtist\t\tA\ttab\tin the track\n")
+    with pytest.warns(UserWarning, match=r"x.tsv: skipped 4 malformed lines of 10 \(first at "
+                                         r"line 6: 3 tab-separated fields, at least 4 needed"):
+        stream = load_lastfm_1k(tsv)
+    assert len(stream) == 6 and stream.n_users == 3 and stream.n_items == 4
+    assert stream.t[-1] == dt.datetime(2009, 5, 6, tzinfo=dt.UTC).timestamp()
+    only_bad = tmp_path / "bad.tsv"
+    only_bad.write_text("a\tb\n\n")
+    with pytest.raises(DataError, match=r"bad.tsv: no line could be read \(2 malformed; line 1"):
+        load_lastfm_1k(only_bad)
+
+
+def test_lastfm_bom_and_crlf_on_every_line(tmp_path):
+    plain, odd = tmp_path / "plain.tsv", tmp_path / "odd.tsv"
+    plain.write_text(LASTFM, encoding="utf-8")
+    lines = LASTFM.splitlines()
+    # a BOM at the start and again mid-file (concatenated files); CRLF on some lines only
+    odd.write_bytes(("\ufeff" + lines[0] + "\r\n" + lines[1] + "\n" + "\ufeff" + lines[2] + "\r\n"
+                     + "\n".join(lines[3:]) + "\r\n").encode("utf-8"))
+    a, b = load_lastfm_1k(plain), load_lastfm_1k(odd)
+    for column in ("user", "item", "t"):
+        np.testing.assert_array_equal(getattr(a, column), getattr(b, column))
+    assert (b.n_users, b.n_items) == (2, 3)
+
+
+def test_lastfm_empty_artist_id_maps_to_the_name(tmp_path):
+    tsv = tmp_path / "x.tsv"
+    tsv.write_text("u\t2009-05-04T00:00:00Z\t\tArtist A\t\tt\n"
+                   "u\t2009-05-04T00:01:00Z\t\tArtist B\t\tt\n"
+                   "u\t2009-05-04T00:02:00Z\t\tArtist A\t\tt\n")
+    assert load_lastfm_1k(tsv).item.tolist() == [0, 1, 0]  # two artists, not one "no id" item
 
 
 def test_reddit_csv_detected_and_sessionized_with_30_minutes(tmp_path):

@@ -12,13 +12,16 @@ from harness.errors import UsageError
 from harness.interactions import Interactions
 
 
-def reference_sessions(stream, gap, max_length, min_length=1):
-    """Per user: list of visits, each a list of parts, each a list of original event indices."""
+def reference_sessions(stream, gap, max_length, min_length=1, max_visit_length=None,
+                       drop_single_tail=False, min_user_sessions=1):
+    """Visits, each a list of parts, each a list of original event indices."""
+    longest = 2 * max_length if max_visit_length is None else max_visit_length
     by_user: dict[int, list[int]] = {}
     for k in range(len(stream)):
         by_user.setdefault(int(stream.user[k]), []).append(k)
     result = []
     for _, events in sorted(by_user.items()):
+        mine = []
         visits, current = [], [events[0]]
         for prev, k in zip(events, events[1:]):
             if stream.t[k] <= stream.t[prev] + gap:
@@ -32,9 +35,13 @@ def reference_sessions(stream, gap, max_length, min_length=1):
             for k in visit[1:]:
                 if stream.item[k] != stream.item[collapsed[-1]]:
                     collapsed.append(k)
-            if min_length <= len(collapsed) <= 2 * max_length:
-                result.append([collapsed[i:i + max_length]
-                               for i in range(0, len(collapsed), max_length)])
+            if min_length <= len(collapsed) <= longest:
+                parts = [collapsed[i:i + max_length] for i in range(0, len(collapsed), max_length)]
+                if drop_single_tail and len(parts) > 1 and len(parts[-1]) == 1:
+                    parts.pop()
+                mine.append(parts)
+        if sum(len(parts) for parts in mine) >= min_user_sessions:
+            result.extend(mine)
     return result
 
 
@@ -52,14 +59,18 @@ def kept_index(stream, out):
     return [key[(int(u), int(i), float(t))] for u, i, t in zip(out.user, out.item, out.t)]
 
 
-@pytest.mark.parametrize("gap,max_length,min_length", [(3600, 20, 1), (1800, 3, 1), (3600, 2, 2)])
-def test_sessionize_matches_reference(gap, max_length, min_length):
+@pytest.mark.parametrize("gap,max_length,min_length,extra", [
+    (3600, 20, 1, {}), (1800, 3, 1, {}), (3600, 2, 2, {}),
+    (3600, 3, 2, {"max_visit_length": 7, "drop_single_tail": True, "min_user_sessions": 3}),
+    (1800, 2, 1, {"drop_single_tail": True, "min_user_sessions": 12}),
+])
+def test_sessionize_matches_reference(gap, max_length, min_length, extra):
     stream = SyntheticDataset(n_users=30, n_items=15, n_events=1500, repeat_prob=0.4).load()
     # make (user, item, t) unique so kept events can be matched back
     stream = Interactions.from_arrays(stream.user, stream.item, stream.t + np.arange(len(stream)) * 1e-6,
                                       n_users=stream.n_users, n_items=stream.n_items)
-    out = sessionize(stream, gap, max_length, min_length=min_length)
-    ref = reference_sessions(stream, gap, max_length, min_length)
+    out = sessionize(stream, gap, max_length, min_length=min_length, **extra)
+    ref = reference_sessions(stream, gap, max_length, min_length, **extra)
     index = kept_index(stream, out)
     assert sorted(index) == sorted(k for visit in ref for part in visit for k in part)
     assert index == sorted(index)  # still in time order
@@ -88,6 +99,33 @@ def test_sessionize_hand_example():
     assert len(set(out.visit[u0].tolist())) == 3  # 0..120 | 4000, 4100 (repeat collapsed) | 20000
     long = Interactions.from_arrays(np.zeros(45, int), np.arange(45), np.arange(45.0))
     assert len(sessionize(long, 3600, max_length=20)) == 0  # longer than 2 * 20: removed
+
+
+def test_sessionize_thrnn_filters_hand_example():
+    # One user, visits (gap > 1 h) of 1, 2, 39, 40 and 41 events (no repeats), then a second user
+    # with two 2-event visits; THRNN's filters: lengths 2-39, parts of 20, a trailing 1-event part
+    # dropped, users with fewer than 3 sessions dropped.
+    t, user, item = [], [], []
+    start = 0.0
+    for length in (1, 2, 39, 40, 41):
+        t += [start + 10 * k for k in range(length)]
+        item += list(range(length))
+        user += [0] * length
+        start += 10_000
+    for _ in range(2):
+        t += [start, start + 10]
+        item += [0, 1]
+        user += [1, 1]
+        start += 10_000
+    stream = Interactions.from_arrays(np.array(user), np.array(item), np.array(t))
+    out = sessionize(stream, 3600, 20, min_length=2, max_visit_length=39, drop_single_tail=True,
+                     min_user_sessions=3)
+    assert set(out.user.tolist()) == {0}  # user 1 has 2 sessions
+    assert np.bincount(out.visit).tolist() == [2, 39]  # 1-event and 40+-event visits removed
+    assert np.bincount(out.session).tolist() == [2, 20, 19]
+    loose = sessionize(stream, 3600, 20, max_visit_length=41, drop_single_tail=True)
+    assert np.bincount(loose.visit).tolist() == [1, 2, 39, 40, 40, 2, 2]  # 41st event dropped
+    assert np.bincount(sessionize(stream, 3600, 20, max_visit_length=41).visit).tolist()[4] == 41
 
 
 def test_sessionize_rejects_bad_arguments():

@@ -110,9 +110,11 @@ def test_session_targets_on_a_hand_made_stream():
     from harness.evaluate import _session_targets
 
     s = sessionize(stream, gap=hour)
-    ranked, gap = _session_targets(s)
+    ranked, gap, span = _session_targets(s)
     # consecutive repeat (0,1) collapsed; 7 events remain
     assert len(s) == 7
+    spans = {round(float(tt) / hour, 1): x / hour for tt, x in zip(s.t, span) if not math.isnan(x)}
+    assert spans == {0.2: pytest.approx(0.2), 1.2: pytest.approx(0.2), 5.0: 0.0}  # visit ends
     by_time = {round(float(tt) / hour, 1): (bool(r), g) for tt, r, g in zip(s.t, ranked, gap)}
     assert by_time[0.0][0] is False and by_time[0.2][0] is True  # within-session query
     assert by_time[1.2] == (True, pytest.approx(28.8 * hour))  # end of visit -> next start
@@ -127,7 +129,7 @@ def test_sessions_protocol_reports_return_time_mae():
     test = result.metrics["test"]
     assert test["mae"] > 0 and test["return_time_queries"] > 0
     assert "mrr" not in test
-    assert sum(b["count"] for b in test["mae_by_gap_days"].values()) == test["return_time_queries"]
+    assert sum(b["count"] for b in test["mae_by_gap_hours"].values()) == test["return_time_queries"]
 
 
 @pytest.mark.skipif(not WIKIPEDIA.exists(), reason="needs ../shared/data/wikipedia.csv")

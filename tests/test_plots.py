@@ -25,7 +25,7 @@ def record(model, seed, *, run_id, grid=None, value=None, mrr=0.5, protocol="str
         "environment": {},
     }
     if gaps is not None:
-        out["metrics"]["test"]["mae_by_gap_days"] = gaps
+        out["metrics"]["test"]["mae_by_gap_hours"] = gaps
     if grid is not None:
         out["tuning"] = {"kind": "grid", "grid": grid, "value": value, "study": "s", "trial": 0,
                          "axis": {"training-fraction": "train_fraction", "thrnn-alpha": "alpha",

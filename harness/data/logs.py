@@ -3,7 +3,12 @@
 * LastFM-1K (``userid-timestamp-artid-artname-traid-traname.tsv``, also read straight from
   ``lastfm-dataset-1K.tar.gz``): tab-separated ``user, ISO timestamp, artist id, artist name,
   track id, track name``. Items are artists: the MusicBrainz artist id, or the artist name where
-  the id is empty (as for about 600,000 of its 19 million listens).
+  the id is empty (as for about 600,000 of its 19 million listens). The THRNN authors' script
+  keys items by the id alone, so all those listens become one item there; here each artist name
+  is its own item. Only the first four fields are read: a stray tab inside a track name changes
+  nothing. Lines that cannot be read (fewer than four fields, no user, no artist, a bad
+  timestamp) are skipped and counted, with one warning that names the first; a byte-order mark
+  and a carriage return are stripped from every line.
 * Reddit subreddit interactions (Kaggle ``colemaclean/subreddit-interactions``, ``reddit_data.csv``):
   ``username,subreddit,utc`` with a header line. Items are subreddits.
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import tarfile
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +34,7 @@ from harness.interactions import Interactions
 __all__ = ["LASTFM_MEMBER", "load_lastfm_1k", "load_reddit_subreddits", "parse_iso_utc"]
 
 LASTFM_MEMBER = "userid-timestamp-artid-artname-traid-traname.tsv"
+_BOM = b"\xef\xbb\xbf"
 _CHUNK = 64 << 20
 
 
@@ -72,8 +79,12 @@ def _open_lastfm(path: Path) -> tuple[IO[bytes], object]:
     return open(path, "rb"), None
 
 
-def parse_iso_utc(stamps: list[bytes], *, where: str = "", first_line: int = 1) -> np.ndarray:
-    """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:SSZ`` strings (vectorized; others slowly)."""
+def parse_iso_utc(stamps: list[bytes], *, where: str = "", first_line: int = 1,
+                  strict: bool = True) -> np.ndarray:
+    """Seconds since the epoch of ``YYYY-MM-DDTHH:MM:SSZ`` strings (vectorized; others slowly).
+
+    A string that is no ISO 8601 time is an error naming ``where`` and its line, or NaN when
+    ``strict`` is False."""
     arr = np.array(stamps, dtype="S20")
     width_ok = np.array([len(s) == 20 for s in stamps], bool) if len(stamps) else np.ones(0, bool)
     b = arr.view(np.uint8).reshape(len(arr), 20).astype(np.int64) - 48
@@ -100,6 +111,9 @@ def parse_iso_utc(stamps: list[bytes], *, where: str = "", first_line: int = 1) 
         try:
             value = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
+            if not strict:
+                seconds[k] = np.nan
+                continue
             raise DataError(f"{where}:{first_line + k}: timestamp {text!r} is not an ISO 8601 "
                             "time (like 2009-05-04T23:08:57Z); fix or remove the line") from None
         if value.tzinfo is None:
@@ -123,7 +137,9 @@ def _finish(path: Path, users: list[bytes], items: list[bytes], t: np.ndarray,
 
 
 def load_lastfm_1k(path: str | Path) -> Interactions:
-    """Load LastFM-1K listens (the .tsv or the .tar.gz) with artists as items."""
+    """Load LastFM-1K listens (the .tsv or the .tar.gz) with artists as items; an empty artist
+    id maps to the artist name (see the module notes). Malformed lines are skipped and counted
+    in a warning; a file with no readable line is an error."""
     path = Path(path)
     if not path.exists():
         read_source(path)
@@ -131,26 +147,44 @@ def load_lastfm_1k(path: str | Path) -> Interactions:
     users: list[bytes] = []
     items: list[bytes] = []
     times: list[np.ndarray] = []
+    skipped = 0
+    first_bad: tuple[int, str] | None = None
+
+    def bad(line_no: int, why: str) -> None:
+        nonlocal skipped, first_bad
+        skipped += 1
+        if first_bad is None:
+            first_bad = (line_no, why)
+
     try:
         for first, lines in _lines(fh):
-            if lines and lines[-1].endswith(b"\r"):
-                lines = [x.rstrip(b"\r") for x in lines]
-            stamps = []
+            stamps: list[bytes] = []
+            numbers: list[int] = []
             for k, line in enumerate(lines):
-                f = line.split(b"\t")
-                if len(f) != 6:
-                    if not line.strip():
-                        raise DataError(f"{path}:{first + k}: the line is empty; remove blank lines")
-                    raise DataError(f"{path}:{first + k}: expected 6 tab-separated columns (user, "
-                                    "timestamp, artist id, artist name, track id, track name), "
-                                    f"found {len(f)}; fix or remove the line")
+                if line.startswith(_BOM):
+                    line = line[len(_BOM):]
+                f = line.rstrip(b"\r").split(b"\t", 4)  # the track fields are never needed
+                if len(f) < 4:
+                    bad(first + k, f"{len(f)} tab-separated fields, at least 4 needed (user, "
+                                   "timestamp, artist id, artist name)")
+                    continue
                 if not f[0] or not (f[2] or f[3]):
-                    raise DataError(f"{path}:{first + k}: the user or the artist is empty; every "
-                                    "listen needs a user and an artist id or name")
+                    bad(first + k, "no user, or neither an artist id nor an artist name")
+                    continue
                 users.append(f[0])
                 items.append(f[2] or b"name:" + f[3])
                 stamps.append(f[1])
-            times.append(parse_iso_utc(stamps, where=str(path), first_line=first))
+                numbers.append(first + k)
+            t = parse_iso_utc(stamps, where=str(path), strict=False)
+            for j in np.flatnonzero(np.isnan(t)).tolist():
+                bad(numbers[j], f"timestamp {stamps[j].decode('utf-8', 'replace')!r} is not ISO 8601")
+            if np.isnan(t).any():
+                keep = ~np.isnan(t)
+                start = len(users) - len(stamps)
+                users[start:] = [u for u, ok in zip(users[start:], keep) if ok]
+                items[start:] = [i for i, ok in zip(items[start:], keep) if ok]
+                t = t[keep]
+            times.append(t)
     except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
         raise DataError(f"{path}: the file is truncated or corrupt ({exc}); download it "
                         "again") from None
@@ -158,6 +192,14 @@ def load_lastfm_1k(path: str | Path) -> Interactions:
         fh.close()
         if archive is not None:
             archive.close()  # type: ignore[attr-defined]
+    if skipped:
+        assert first_bad is not None
+        line_no, why = first_bad
+        if not users:
+            raise DataError(f"{path}: no line could be read ({skipped:,} malformed; line "
+                            f"{line_no}: {why}); is it the LastFM-1K listens file?")
+        warnings.warn(f"{path}: skipped {skipped:,} malformed line{'s' * (skipped > 1)} of "
+                      f"{skipped + len(users):,} (first at line {line_no}: {why})", stacklevel=2)
     t = np.concatenate(times) if times else np.zeros(0)
     return _finish(path, users, items, t, "LastFM-1K")
 

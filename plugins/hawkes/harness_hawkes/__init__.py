@@ -7,6 +7,6 @@ start times of the user's visits; it predicts the expected time to the user's ne
 from __future__ import annotations
 
 from harness_hawkes._model import Hawkes
-from harness_hawkes._process import expected_gap, log_likelihood
+from harness_hawkes._process import expected_gap, least_squares_fit, log_likelihood
 
-__all__ = ["Hawkes", "expected_gap", "log_likelihood"]
+__all__ = ["Hawkes", "expected_gap", "least_squares_fit", "log_likelihood"]

@@ -17,7 +17,7 @@ import numpy as np
 from harness.api import Model
 from harness.errors import UsageError, did_you_mean
 from harness.interactions import Interactions
-from harness_hawkes._process import expected_gap, fit_users
+from harness_hawkes._process import expected_gap, fit_users, least_squares_fit
 
 __all__ = ["Hawkes"]
 
@@ -29,40 +29,67 @@ LAST_SESSIONS = 15
 #: 3 s importing tick, while one fit takes about 2 ms.
 MIN_FITS_FOR_WORKERS = 2000
 HISTORIES = ("last15", "all")
+REFITS = ("sliding", "frozen")
+#: The sliding refit works in days with THRNN's decay ``w = 0.5`` per day by default, and
+#: compresses gaps between visit starts longer than 500 h to 500 h, as the authors' code does.
+SLIDING_TIME_UNIT = 86400.0
+SLIDING_DECAY = 0.5
+COMPRESS_GAP = 500 * 3600.0
 
 
 class Hawkes(Model):
     """Return time from one univariate exponential Hawkes process per user.
 
     The events of each user's process are the start times of the user's visits (sessions before
-    the length split; a visit starts at its first event). ``fit`` fits, with tick's least-squares
-    ``HawkesExpKern``, either the last 15 training visit starts (``history="last15"``, THRNN's
-    baseline) or all of them (``history="all"``, the long-term variant). At the end of a visit,
-    the prediction is the expected time to the user's next visit start given the visit starts
-    observed so far (training ones and those passed to :meth:`observe`; the last 15 of them for
-    ``last15``), truncated at ``cutoff`` (the mass beyond the cut-off counts as the cut-off).
+    the length split; a visit starts at its first event). Processes are fitted with tick's
+    least-squares ``HawkesExpKern``. At the end of a visit, the prediction is the expected time
+    to the user's next visit start given the visit starts seen so far (training ones and those
+    passed to :meth:`observe`), truncated at ``cutoff`` (the mass beyond the cut-off counts as
+    the cut-off). Two ways to fit:
 
-    Users with fewer than ``min_sessions`` training visits, and users whose fit failed or was
-    degenerate (zero baseline), predict their mean training return gap (end of a visit to the
-    start of the next), or the mean over all users when they have fewer than 2 training visits;
-    users never seen in training get that global mean too.
+    - ``refit="sliding"`` (default; the THRNN authors' baseline): every prediction refits the
+      user's process on the window of their 15 latest visit starts (test visits included once
+      they have happened), with a fixed decay (``decay`` per day, default their 0.5) and gaps
+      between starts longer than 500 h compressed to 500 h, as their code does. Their code fits
+      by EM and predicts by simulation; here the fit is tick's least-squares contrast solved
+      exactly in closed form (:func:`~harness_hawkes.least_squares_fit`, microseconds a fit)
+      and the expectation is integrated.
+    - ``refit="frozen"``: ``fit`` fits each user once, on either the last 15 training visit
+      starts (``history="last15"``) or all of them (``history="all"``), and those parameters
+      serve every prediction.
+
+    A fit whose adjacency comes out negative is clipped to 0 (a Poisson process); the report
+    counts these clipped fits.
+
+    Users with fewer than ``min_sessions`` visits (training visits when frozen, visits in the
+    window when sliding), and fits that failed or were degenerate (zero baseline), predict the
+    user's mean training return gap (end of a visit to the start of the next), or the mean over
+    all users when they have fewer than 2 training visits; users never seen in training get that
+    global mean too.
 
     After ``fit``, ``fit_report`` (a JSON-ready dict the evaluator copies into the run record as
     ``model_report``) holds the counts: ``users``, ``fitted``, ``fallback_few_sessions``,
-    ``fallback_failed_fit``, the rule, the time unit, cut-off and global mean gap in seconds, the
-    decays chosen, ``workers``, ``fit_seconds``, and ``predictions`` (``fitted``, ``fallback``,
-    ``unseen_user``), which counts the queries answered so far.
+    ``fallback_failed_fit``, ``clipped_fits``, the rule, the time unit, cut-off and global mean
+    gap in seconds, the decays chosen, ``workers``, ``fit_seconds``, and ``predictions``
+    (``fitted``, ``fallback``, ``unseen_user``), which counts the queries answered so far. When
+    sliding, the fit counts (``fitted``, ``fallback_few_sessions``, ``fallback_failed_fit``,
+    ``clipped_fits``) are per prediction and grow as they are made, with ``sliding_fit_seconds``.
 
     Parameters
     ----------
     history:
-        ``"last15"`` or ``"all"``: which training visits the fit sees.
+        ``"last15"`` or ``"all"``: which training visits the frozen fit sees (sliding windows
+        always hold the last 15 visits).
     min_sessions:
-        Users with fewer training visits than this are not fitted (>= 2).
+        Users (frozen) or windows (sliding) with fewer visits than this are not fitted (>= 2).
     decay:
-        Kernel decay ``beta`` in units of 1 / time unit, where the time unit is the median gap
-        between consecutive training visit starts (so one value suits every dataset); None picks
-        it per user from (0.1, 0.3, 1, 3, 10) by the log-likelihood of the fitted process.
+        Kernel decay ``beta``. Sliding: per day, None for THRNN's 0.5. Frozen: in units of
+        1 / time unit, where the time unit is the median gap between consecutive training visit
+        starts (so one value suits every dataset); None picks it per user from
+        (0.1, 0.3, 1, 3, 10) by the log-likelihood of the fitted process.
+    refit:
+        ``"sliding"`` (a fit per prediction on the last 15 visits) or ``"frozen"`` (one fit per
+        user in ``fit``).
     cutoff:
         Integration cut-off in seconds; None takes the 0.99 quantile of all training return gaps.
     n_jobs:
@@ -83,16 +110,19 @@ class Hawkes(Model):
         decay: float | None = None,
         cutoff: float | None = None,
         n_jobs: int = 2,
+        refit: str = "sliding",
     ) -> None:
         self.history = history
         self.min_sessions = min_sessions
         self.decay = decay
         self.cutoff = cutoff
         self.n_jobs = n_jobs
+        self.refit = refit
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
         return {
+            "refit": trial.suggest_categorical("refit", list(REFITS)),
             "history": trial.suggest_categorical("history", list(HISTORIES)),
             "decay": trial.suggest_float("decay", 0.05, 20.0, log=True),
         }
@@ -100,6 +130,8 @@ class Hawkes(Model):
     def _check_params(self) -> None:
         if self.history not in HISTORIES:
             raise UsageError(did_you_mean(str(self.history), HISTORIES, "hawkes history"))
+        if self.refit not in REFITS:
+            raise UsageError(did_you_mean(str(self.refit), REFITS, "hawkes refit"))
         if isinstance(self.min_sessions, bool) or not isinstance(self.min_sessions, int) \
                 or self.min_sessions < 2:
             raise UsageError(
@@ -151,25 +183,38 @@ class Hawkes(Model):
         self.fallback_gap_: dict[int, float] = {
             u: float(g.mean()) for u, g in return_gaps.items()}
 
+        sliding = self.refit == "sliding"
+        if sliding:
+            self.time_unit_ = SLIDING_TIME_UNIT
         window = LAST_SESSIONS if self.history == "last15" else None
         tasks = []
         for user, s in starts.items():
-            if len(s) >= self.min_sessions:
+            if len(s) >= self.min_sessions and not sliding:
                 times = np.asarray(s[-window:] if window else s)
                 tasks.append((user, (times - times[0]) / self.time_unit_))
-        decays = DECAY_GRID if self.decay is None else (float(self.decay),)
+        if sliding:
+            decays: tuple[float, ...] = (SLIDING_DECAY if self.decay is None else float(self.decay),)
+        else:
+            decays = DECAY_GRID if self.decay is None else (float(self.decay),)
         workers = self._workers(len(tasks), len(decays))
         results = _fit_all(tasks, decays, workers)
         self.params_: dict[int, tuple[float, float, float]] = {
-            user: (mu, alpha, beta) for user, mu, alpha, beta in results if math.isfinite(mu)}
+            user: (mu, max(alpha, 0.0), beta) for user, mu, alpha, beta in results
+            if math.isfinite(mu)}
+        self.decays_ = decays
+        self.window_fits_: dict[tuple[int, int], tuple[float, float, float] | None] = {}
         failed = len(tasks) - len(self.params_)
         chosen = Counter(beta for _, _, beta in self.params_.values())
         self.fit_report: dict[str, Any] = {
-            "history": self.history,
+            "refit": self.refit,
+            "history": f"last{LAST_SESSIONS} (sliding)" if sliding else self.history,
             "users": len(starts),
             "fitted": len(self.params_),
-            "fallback_few_sessions": len(starts) - len(tasks),
+            "fallback_few_sessions": 0 if sliding else len(starts) - len(tasks),
             "fallback_failed_fit": failed,
+            "clipped_fits": sum(1 for _, mu, alpha, _ in results
+                                if math.isfinite(mu) and alpha < 0),
+            "sliding_fit_seconds": 0.0,
             "fallback_rule": "the user's mean training return gap; the mean over all users "
                              "when the user has fewer than 2 training visits or none",
             "min_sessions": self.min_sessions,
@@ -210,6 +255,8 @@ class Hawkes(Model):
         if users.shape != times.shape:
             raise UsageError(f"predict_return_time needs one t per user, but got "
                              f"{users.size} users and {times.size} times")
+        if self.refit == "sliding":
+            return self._predict_sliding(users, times)
         out = np.empty(users.size)
         rows, mus, alphas, betas, excitations = [], [], [], [], []
         counts = self.fit_report["predictions"]
@@ -237,6 +284,59 @@ class Hawkes(Model):
         if rows:
             gaps = expected_gap(np.array(mus), np.array(alphas), np.array(betas),
                                 np.array(excitations), self.cutoff_ / self.time_unit_)
+            out[rows] = gaps * self.time_unit_
+        return out
+
+    def _predict_sliding(self, users: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Refit each user's process on their last 15 visit starts up to the query time.
+
+        A window is named by (user, number of the user's visits up to the query): visits are
+        only ever appended in time order, so a repeated query reuses its fit.
+        """
+        report = self.fit_report
+        counts = report["predictions"]
+        out = np.empty(users.size)
+        todo: list[tuple[int, tuple[int, int], np.ndarray, float]] = []  # row, window, times, query
+        for k, (u, tq) in enumerate(zip(users.tolist(), times.tolist(), strict=True)):
+            starts = self.starts_.get(u, [])
+            stop = bisect.bisect_right(starts, tq)
+            if stop < self.min_sessions:
+                if (u, stop) not in self.window_fits_:
+                    self.window_fits_[(u, stop)] = None
+                    report["fallback_few_sessions"] += 1
+                out[k] = self.fallback_gap_.get(u, self.global_gap_)
+                counts["fallback" if u in self.train_users_ else "unseen_user"] += 1
+                continue
+            window = np.asarray(starts[max(0, stop - LAST_SESSIONS):stop])
+            # Gaps over 500 h shrink to 500 h; times relative to the window, in days.
+            steps = np.minimum(np.diff(window), COMPRESS_GAP) / self.time_unit_
+            relative = np.r_[0.0, np.cumsum(steps)]
+            todo.append((k, (u, stop), relative, relative[-1] + (tq - window[-1]) / self.time_unit_))
+        tic = time.perf_counter()
+        (beta,) = self.decays_
+        for _, key, relative, _ in todo:
+            if key not in self.window_fits_:
+                mu, alpha, clipped = least_squares_fit(relative, beta)
+                ok = math.isfinite(mu)
+                self.window_fits_[key] = (mu, alpha, beta) if ok else None
+                report["fitted" if ok else "fallback_failed_fit"] += 1
+                report["clipped_fits"] += int(ok and clipped)
+        report["sliding_fit_seconds"] += time.perf_counter() - tic
+        rows, params, excitations = [], [], []
+        for k, key, relative, tq in todo:
+            fit = self.window_fits_[key]
+            if fit is None:
+                out[k] = self.fallback_gap_.get(key[0], self.global_gap_)
+                counts["fallback"] += 1
+                continue
+            rows.append(k)
+            params.append(fit)
+            excitations.append(float(np.exp(-fit[2] * (tq - relative)).sum()))
+            counts["fitted"] += 1
+        if rows:
+            mu, alpha, beta = (np.array(col) for col in zip(*params, strict=True))
+            gaps = expected_gap(mu, alpha, beta, np.array(excitations),
+                                self.cutoff_ / self.time_unit_)
             out[rows] = gaps * self.time_unit_
         return out
 

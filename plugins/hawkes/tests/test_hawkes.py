@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
-from harness_hawkes import Hawkes, expected_gap, log_likelihood
+from harness_hawkes import Hawkes, expected_gap, least_squares_fit, log_likelihood
 from harness_hawkes import _model as model_module
 from harness_hawkes._process import fit_users
 from scipy.integrate import quad
@@ -131,7 +131,7 @@ def simulated_users(n_users: int, seed: int, end_hours: float = 400.0,
 
 def test_model_recovers_the_visit_rate_and_excitation() -> None:
     visits = simulated_users(25, seed=10, end_hours=1500.0)
-    model = Hawkes(history="all", n_jobs=1)
+    model = Hawkes(history="all", n_jobs=1, refit="frozen")
     model.fit(stream_from_visits(visits))
     assert model.fit_report["fitted"] == 25
     unit = model.time_unit_
@@ -156,7 +156,7 @@ def test_predictions_use_training_and_observed_visits(history: str) -> None:
     visits = simulated_users(6, seed=20)
     stream = stream_from_visits(visits)
     cut = int(0.7 * len(stream))
-    model = Hawkes(history=history, n_jobs=1)
+    model = Hawkes(history=history, n_jobs=1, refit="frozen")
     model.fit(stream[:cut])
     assert model.fit_report["fitted"] == 6
     rest = stream[cut:]
@@ -179,7 +179,7 @@ def test_predictions_use_training_and_observed_visits(history: str) -> None:
 def test_a_new_visit_excites_the_process() -> None:
     visits = simulated_users(3, seed=30, end_hours=800.0, alpha=0.7)
     stream = stream_from_visits(visits)
-    model = Hawkes(history="all", decay=1.0, n_jobs=1)
+    model = Hawkes(history="all", decay=1.0, n_jobs=1, refit="frozen")
     model.fit(stream)
     user = max(model.params_, key=lambda u: model.params_[u][1])
     assert model.params_[user][1] > 0.2
@@ -199,7 +199,7 @@ def test_fallback_rules_and_counts() -> None:
     visits[10] = [0.0, 5 * HOUR, 7 * HOUR]  # 3 visits < min_sessions
     visits[11] = [3 * HOUR]  # one visit
     stream = stream_from_visits(visits, n_users=13, spacing=60.0)
-    model = Hawkes(min_sessions=5, n_jobs=1)
+    model = Hawkes(min_sessions=5, n_jobs=1, refit="frozen")
     model.fit(stream)
     report = model.fit_report
     assert report["users"] == 6
@@ -223,7 +223,7 @@ def test_failed_fits_fall_back_and_are_counted(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(model_module, "fit_users", lambda tasks, decays: [
         (u, math.nan, math.nan, math.nan) if u == 3 else row for u, row in
         ((row[0], row) for row in real(tasks, decays))])
-    model = Hawkes(n_jobs=1)
+    model = Hawkes(n_jobs=1, refit="frozen")
     model.fit(stream_from_visits(visits, events_per_visit=1))
     assert model.fit_report["fallback_failed_fit"] == 2
     assert model.fit_report["fitted"] == 4
@@ -238,7 +238,7 @@ def test_serial_and_parallel_fits_agree(monkeypatch: pytest.MonkeyPatch) -> None
               for u in range(30)}
     stream = stream_from_visits(visits, events_per_visit=1)
     monkeypatch.setattr(model_module, "MIN_FITS_FOR_WORKERS", 10)
-    serial, parallel = Hawkes(n_jobs=1), Hawkes(n_jobs=2)
+    serial, parallel = Hawkes(n_jobs=1, refit="frozen"), Hawkes(n_jobs=2, refit="frozen")
     serial.fit(stream)
     parallel.fit(stream)
     assert serial.fit_report["workers"] == 1 and parallel.fit_report["workers"] == 2
@@ -257,7 +257,7 @@ def test_pickle_and_deepcopy_predict_the_same() -> None:
         np.testing.assert_array_equal(clone.predict_return_time(users, times),
                                       model_copy.predict_return_time(users, times))
     assert model.get_params() == {"history": "last15", "min_sessions": 5, "decay": None,
-                                  "cutoff": None, "n_jobs": 1}
+                                  "cutoff": None, "n_jobs": 1, "refit": "sliding"}
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -297,6 +297,7 @@ def test_needs_a_sessionized_stream() -> None:
     ({"decay": -1.0}, "decay must be a positive number or None, but got -1.0"),
     ({"cutoff": 0}, "cutoff must be a positive number or None"),
     ({"n_jobs": 0}, "n_jobs must be a positive integer or -1"),
+    ({"refit": "slide"}, "unknown hawkes refit 'slide'; did you mean 'sliding'"),
 ])
 def test_bad_parameters_are_reported_at_fit(params: dict, match: str) -> None:
     stream = stream_from_visits(simulated_users(2, seed=80))
@@ -313,3 +314,110 @@ def test_registered_entry_point() -> None:
     from harness.registry import Registry
 
     assert Registry.from_entry_points("models").get("hawkes") is Hawkes
+
+
+# -- the sliding refit (THRNN's baseline) ---------------------------------------------------------
+
+
+def contrast(times: np.ndarray, beta: float, mu: float, alpha: float) -> float:
+    """``int_0^T lambda^2 - 2 sum_i lambda(t_i)``, integrated numerically between events."""
+    def intensity(s: float) -> float:
+        past = times[times < s]
+        return mu + alpha * beta * float(np.exp(-beta * (s - past)).sum())
+
+    points = np.unique(times)
+    integral = sum(quad(lambda s: intensity(s) ** 2, lo, hi)[0]
+                   for lo, hi in zip(points[:-1], points[1:], strict=True))
+    return integral - 2 * sum(intensity(s) for s in times)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_least_squares_fit_is_the_exact_minimum_of_ticks_contrast(seed: int) -> None:
+    from scipy.optimize import minimize
+    from tick.hawkes import HawkesExpKern
+
+    times = simulate_starts(0.5, 0.6, 2.0, end=30.0, seed=seed)
+    times = times - times[0]
+    mu, alpha, clipped = least_squares_fit(times, 2.0)
+    best = minimize(lambda p: contrast(times, 2.0, *p), x0=[1.0, 0.3], method="L-BFGS-B",
+                    bounds=[(0, None), (0, None)], options={"ftol": 1e-12, "gtol": 1e-9})
+    assert (mu, alpha) == pytest.approx(tuple(best.x), rel=1e-3) and not clipped
+    learner = HawkesExpKern(decays=2.0, gofit="least-squares")
+    learner.fit([times])
+    tick_fit = (float(learner.baseline[0]), float(learner.adjacency[0, 0]))
+    assert (mu, alpha) == pytest.approx(tick_fit, rel=0.02)  # tick's descent stops nearby
+    assert contrast(times, 2.0, mu, alpha) <= contrast(times, 2.0, *tick_fit) + 1e-9
+
+
+def test_least_squares_fit_clips_negative_adjacency() -> None:
+    times = np.arange(12.0)  # perfectly regular visits: excitation would only hurt
+    mu, alpha, clipped = least_squares_fit(times, 0.5)
+    assert clipped and alpha == 0.0 and mu == pytest.approx(12 / 11)  # n / T
+    assert math.isnan(least_squares_fit(np.zeros(5), 0.5)[0])  # one instant: no time scale
+    assert math.isnan(least_squares_fit(np.array([3.0]), 0.5)[0])
+
+
+def sliding_reference(starts: list[float], t: float, cutoff: float, decay: float = 0.5
+                      ) -> float | None:
+    """A fit on the last 15 starts up to ``t`` (days, gaps over 500 h cut to 500 h); None when
+    the fit is degenerate."""
+    window = np.array([s for s in starts if s <= t][-15:])
+    relative = np.r_[0.0, np.cumsum(np.minimum(np.diff(window), 500 * HOUR))] / 86400.0
+    mu, alpha, _ = least_squares_fit(relative, decay)
+    if math.isnan(mu):
+        return None
+    now = relative[-1] + (t - window[-1]) / 86400.0
+    excitation = sum(math.exp(-decay * (now - r)) for r in relative)
+    return expected_gap([mu], [alpha], [decay], [excitation], cutoff / 86400.0)[0] * 86400.0
+
+
+def test_sliding_refit_fits_the_last_15_visits_before_each_prediction() -> None:
+    visits = simulated_users(5, seed=90)
+    visits[2][10:] = [s + 900 * HOUR for s in visits[2][10:]]  # one gap over 500 h
+    stream = stream_from_visits(visits)
+    cut = int(0.6 * len(stream))
+    model = Hawkes(n_jobs=1)
+    model.fit(stream[:cut])
+    assert model.fit_report["refit"] == "sliding" and model.params_ == {}
+    rest = stream[cut:]
+    checked = degenerate = 0
+    for k in range(0, len(rest), 5):
+        block = rest[k : k + 5]
+        model.observe(block)
+        got = model.predict_return_time(block.user, block.t)
+        for j in range(len(block)):
+            u, t = int(block.user[j]), float(block.t[j])
+            want = sliding_reference(visits[u], t, model.cutoff_)
+            degenerate += want is None
+            want = model.fallback_gap_[u] if want is None else want
+            assert got[j] == pytest.approx(want, rel=1e-9)
+            checked += 1
+    assert checked > 50 and degenerate < checked
+    report = model.fit_report
+    windows = {(int(u), sum(s <= t for s in visits[int(u)])) for u, t in zip(rest.user, rest.t)}
+    assert report["fitted"] + report["fallback_failed_fit"] == len(windows)  # one fit per window
+    assert report["predictions"]["fitted"] == checked - degenerate
+
+
+def test_sliding_refit_clips_negative_adjacency_and_counts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    visits = simulated_users(2, seed=91)
+    stream = stream_from_visits(visits)
+    monkeypatch.setattr(model_module, "least_squares_fit", lambda times, beta: (0.4, 0.0, True))
+    model = Hawkes(n_jobs=1)
+    model.fit(stream)
+    users, t = np.array([0, 1]), np.array([visits[0][-1], visits[1][-1]]) + 60.0
+    got = model.predict_return_time(users, t)
+    poisson = (1 - math.exp(-0.4 * model.cutoff_ / 86400.0)) / 0.4 * 86400.0  # alpha clipped to 0
+    np.testing.assert_allclose(got, poisson, rtol=1e-6)
+    assert model.fit_report["clipped_fits"] == 2 and model.fit_report["fitted"] == 2
+    model.predict_return_time(users, t)  # same windows: no new fits
+    assert model.fit_report["clipped_fits"] == 2 and model.fit_report["predictions"]["fitted"] == 4
+
+
+def test_sliding_windows_shorter_than_min_sessions_fall_back() -> None:
+    visits = {0: [0.0, 5 * HOUR, 9 * HOUR], 1: simulated_users(1, seed=92)[0]}
+    model = Hawkes(n_jobs=1, min_sessions=5)
+    model.fit(stream_from_visits(visits))
+    got = model.predict_return_time(np.array([0]), np.array([9 * HOUR + 60]))[0]
+    assert got == pytest.approx(((5 * HOUR - 60) + (4 * HOUR - 60)) / 2)
+    assert model.fit_report["fallback_few_sessions"] == 1
