@@ -11,7 +11,8 @@ title, and shows the mean over seeds with the standard deviation as error bars.
 - ``return-time``: return-time MAE per bin of the true gap (``harness run --protocol sessions``).
 - ``thrnn-alpha``: THRNN's MAE per gap bin for each loss exponent alpha (THRNN's Figure 3, from
   ``harness grid thrnn-alpha``), with every other return-time model's runs on the same data
-  (the Hawkes fits: Figure 4) as dashed lines and the number of test gaps per bin as bars.
+  (the Hawkes fits: Figure 4) as dashed lines and the number of test gaps per bin as bars; the
+  THRNN authors' buckets when the records have them (``--preset thrnn``).
 """
 
 from __future__ import annotations
@@ -326,7 +327,12 @@ def _thrnn_alpha(records: list[dict[str, Any]]) -> list:
 
     plt = _pyplot()
     figures = []
-    has_bins = [r for r in records if (r["metrics"].get("test") or {}).get("mae_by_gap_days")]
+    def bins_of(r: dict[str, Any]) -> dict[str, Any]:
+        # the THRNN authors' buckets (start-to-start gaps) when the run has them (--preset thrnn)
+        test = r["metrics"].get("test") or {}
+        return test.get("mae_thrnn_by_gap_hours") or test.get("mae_by_gap_hours") or {}
+
+    has_bins = [r for r in records if bins_of(r)]
     chosen = [r for r in has_bins if _grid(r) == "thrnn-alpha"]
     for (dataset, protocol), group in sorted(_by_dataset(chosen).items()):
         group = _latest(group, lambda r: (_label(r, "alpha"), json.dumps(r["tuning"]["value"]),
@@ -338,12 +344,12 @@ def _thrnn_alpha(records: list[dict[str, Any]]) -> list:
         counts: dict[str, int] = {}
         for r in group:
             name = f"{_label(r, 'alpha')} α={r['tuning']['value']}"
-            for key, cell in r["metrics"]["test"]["mae_by_gap_days"].items():
+            for key, cell in bins_of(r).items():
                 series[name][key].append(float(cell["mae"]))
                 counts[key] = int(cell["count"])
         references: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in others:
-            for key, cell in r["metrics"]["test"]["mae_by_gap_days"].items():
+            for key, cell in bins_of(r).items():
                 references[_label(r)][key].append(float(cell["mae"]))
         bins = sorted({b for p in (*series.values(), *references.values()) for b in p}, key=_bin_low)
         fig, ax = plt.subplots(figsize=(max(6.4, 0.8 * len(bins) + 2.0), 4.4))
@@ -365,8 +371,8 @@ def _thrnn_alpha(records: list[dict[str, Any]]) -> list:
                             label=name)
         ax.set_xticks(range(len(bins)))
         ax.set_xticklabels([_bin_text(b) for b in bins])
-        ax.set_xlabel("true time to the next session (days)")
-        ax.set_ylabel("MAE (days)")
+        ax.set_xlabel("true time to the next session (hours)")
+        ax.set_ylabel("MAE (hours)")
         ax.set_title(_title("Return-time MAE per gap and THRNN's alpha (THRNN Figures 3 and 4)",
                             dataset, protocol, seeds))
         ax.legend(frameon=False, fontsize=8)

@@ -119,5 +119,5 @@ def test_audited_sessions_run_reports_recall_and_mae():
     result = evaluate(THRNN(**SMALL), random_stream(), protocol, epochs=2)
     test = result.metrics["test"]
     assert test["queries"] > 0 and test["return_time_queries"] > 0
-    assert np.isfinite(test["mae"]) and test["mae_by_gap_days"]
+    assert np.isfinite(test["mae"]) and test["mae_by_gap_hours"]
     assert result.audit["lookahead_blocks"] > 0
