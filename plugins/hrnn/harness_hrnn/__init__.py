@@ -4,7 +4,7 @@ The shared machinery (sessions, user-parallel batches, :class:`HierarchicalModel
 that other hierarchical session models (THRNN) build on it.
 """
 
-from harness_hrnn._model import HRNN, HierarchicalModel
+from harness_hrnn._model import HRNN, MIN_SCORE_ROWS, HierarchicalModel, score_rows
 from harness_hrnn._sessions import (
     OnlineSessions,
     SessionTable,
@@ -16,9 +16,11 @@ from harness_hrnn._sessions import (
 __all__ = [
     "HRNN",
     "HierarchicalModel",
+    "MIN_SCORE_ROWS",
     "OnlineSessions",
     "SessionTable",
     "distinct_runs",
+    "score_rows",
     "session_table",
     "user_parallel_batches",
 ]

@@ -18,8 +18,9 @@ exactly). hgru4rec steps one event per mini-batch step with a one-step truncatio
 sessions per step (THRNN's code does the same) give the same model with full back-propagation
 inside a session, and far fewer optimizer steps.
 
-Evaluation scores all items with ``h W_y^T + b_y`` from each user's state, computed in float64
-and rounded to float32 so that a row is the same in a block and alone.
+Evaluation scores all items with ``h W_y^T + b_y`` in float32 from each user's state; the
+recurrences run in float64 and round to float32, and score products have a fixed minimum number
+of rows, so that a row is the same bits in a block and alone.
 """
 
 from __future__ import annotations
@@ -48,6 +49,20 @@ from harness_hrnn._sessions import (
 __all__ = ["HRNN", "HierarchicalModel"]
 
 Carry = dict[str, torch.Tensor]
+
+
+#: Score products have at least this many rows: torch's float32 matrix product takes another
+#: path for very few rows (up to 4 here), whose rounding differs; with a fixed minimum a row's
+#: scores are the same bits in a block of any size and alone (``test_score_rows_are_exact``).
+MIN_SCORE_ROWS = 16
+
+
+def score_rows(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
+    """``h W^T + b`` in float32 for every row of ``h``, padded to :data:`MIN_SCORE_ROWS` rows."""
+    rows = h.shape[0]
+    if rows < MIN_SCORE_ROWS:
+        h = torch.cat([h, h.new_zeros(MIN_SCORE_ROWS - rows, h.shape[1])])
+    return torch.addmm(bias, h, weight.T)[:rows].numpy()
 
 
 def _masked_gru(cell: nn.GRUCell, x: torch.Tensor, h: torch.Tensor, lengths: torch.Tensor
@@ -336,18 +351,17 @@ class HierarchicalModel(Model):
         out = np.empty((len(block), self._n_items), np.float32)
         with torch.no_grad():
             new, _, gap = state["online"].opens(block)
-            h = state["hidden"][torch.from_numpy(users)].double()
             rows = np.flatnonzero(~new)
             if rows.size:
-                out[rows] = torch.addmm(net.out_b.weight[:, 0], h[rows],
-                                        net.out_w.weight.T).float().numpy()
+                h = state["hidden"][torch.from_numpy(users[rows])]
+                out[rows] = score_rows(h, self._net.out_w.weight, self._net.out_b.weight[:, 0])
             rows = np.flatnonzero(new)
             if rows.size:
                 h0, _, aux = self._opened(state, users[rows], gap[rows])
-                first, layer = self._first_item_state(net, h0.float().double(), aux)
-                w, b = (net.out_w, net.out_b) if layer == "out" else (net.first_w, net.first_b)
-                out[rows] = torch.addmm(b.weight[:, 0], first.float().double(), w.weight.T
-                                        ).float().numpy()
+                first, layer = self._first_item_state(net, h0, aux)
+                w, b = (self._net.out_w, self._net.out_b) if layer == "out" \
+                    else (self._net.first_w, self._net.first_b)
+                out[rows] = score_rows(first.float(), w.weight, b.weight[:, 0])
         return out
 
     def observe(self, block: Interactions) -> None:

@@ -119,3 +119,16 @@ def test_sessions_protocol_run_learns_better_than_chance():
 def test_bad_parameters_are_clear_errors(bad):
     with pytest.raises(UsageError, match=f"hrnn: {next(iter(bad))}"):
         HRNN(**bad).fit(random_stream())
+
+
+def test_score_rows_are_exact_in_blocks_of_any_size():
+    """A row's float32 scores are the same bits alone, in small blocks and in a large one."""
+    from harness_hrnn import score_rows
+
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(20_000, 32, generator=g), torch.randn(20_000, generator=g)
+    h = torch.randn(300, 32, generator=g)
+    full = score_rows(h, weight, bias)
+    for start, size in ((0, 1), (7, 1), (3, 2), (50, 4), (11, 5), (100, 17), (0, 300)):
+        np.testing.assert_array_equal(score_rows(h[start : start + size], weight, bias),
+                                      full[start : start + size])
