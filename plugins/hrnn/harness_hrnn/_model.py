@@ -186,6 +186,9 @@ class HierarchicalModel(Model):
         }
         if self._epoch_seconds:
             report["train_events_per_second"] = self._trained_events / sum(self._epoch_seconds)
+            # the epoch's stop rule (min_batch_users) can leave sessions out: say how many
+            report["events_per_epoch"] = self._trained_events // self._epochs_done
+            report["train_events"] = int(table.length.sum())
         return report
 
     def _dropout(self, x: torch.Tensor, train: bool, rate: float | None = None) -> torch.Tensor:
