@@ -10,6 +10,8 @@ test, 10% before them valid). The benchmark
    training part (session table, sampler, parameters: 94,284-row item tables);
 2. times ``train_epoch`` on a proportional subset, every ``--every``-th user with all of their
    training sessions and the item tables of full size (so a batch has the full set's shape);
+   ``--scale k --every 1`` generates 1/k of the users and sessions with every item instead
+   (a proportional set without generating the whole one);
    a warm-up epoch, then ``--repeats`` timed ones; training events/s = session events / s;
 3. times an evaluation pass as the evaluator makes it (blocks of distinct users and items;
    ``score`` ranking all 94,284 items, ``observe``, ``predict_return_time`` at visit ends) over
@@ -38,18 +40,20 @@ import torch
 from harness.evaluate import Protocol, iter_blocks, prepare
 from harness.interactions import Interactions
 
-USERS, ITEMS, SESSIONS = 977, 94_284, 630_774
+_USERS, ITEMS, _SESSIONS = 977, 94_284, 630_774
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def lastfm_sessions(seed: int = 0) -> Interactions:
+def lastfm_sessions(seed: int = 0, scale: int = 1) -> Interactions:
     """A sessionized stream with LastFM-1K's sizes after THRNN's preprocessing: 977 users,
     630,774 sessions of 2-20 events (mean about 8.1), 94,284 items of Zipf-like popularity, no
-    consecutive repeats, sessions a day apart on average and events minutes apart."""
+    consecutive repeats, sessions a day apart on average and events minutes apart. ``scale``
+    divides the users and sessions (not the items): a proportional subset."""
     rng = np.random.default_rng(seed)
+    USERS, SESSIONS = _USERS // scale, _SESSIONS // scale  # noqa: N806
     share = rng.lognormal(0.0, 1.0, USERS)
     per_user = np.maximum(rng.multinomial(SESSIONS - 3 * USERS, share / share.sum()), 0) + 3
     s_user = np.repeat(np.arange(USERS), per_user)
@@ -81,13 +85,14 @@ def lastfm_sessions(seed: int = 0) -> Interactions:
                                     name="synthetic-lastfm-1k-sessions")
 
 
-def make_set(seed: int = 0) -> tuple[Any, dict[str, float]]:
+def make_set(seed: int = 0, scale: int = 1) -> tuple[Any, dict[str, float]]:
     tic = time.perf_counter()
-    stream = lastfm_sessions(seed)
+    stream = lastfm_sessions(seed, scale)
     generated = time.perf_counter() - tic
     data = prepare(stream, Protocol("sessions"))
     return data, {"generate_s": generated, "prepare_s": time.perf_counter() - tic - generated,
-                  "events": len(stream), "sessions": SESSIONS, "items": ITEMS, "users": USERS,
+                  "events": len(stream), "sessions": int(np.unique(stream.session).size),
+                  "items": ITEMS, "users": int(np.unique(stream.user).size), "scale": scale,
                   "train_events": len(data.train)}
 
 
@@ -158,12 +163,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="hrnn,thrnn")
     parser.add_argument("--every", type=int, default=10, help="train on every k-th user")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="generate 1/k of the users and sessions (all items) instead")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--eval-events", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data, sizes = make_set()
+    data, sizes = make_set(scale=args.scale)
     sub = _subset(data, args.every)
     sizes["subset_users"] = int(np.unique(sub.train.user).size)
     print(json.dumps(sizes), flush=True)
