@@ -121,18 +121,20 @@ def bench_model(name: str, data: Any, sub: Any, args: argparse.Namespace) -> dic
     model = cls(**params)
     model.fit(sub.train, seed=0)
     table = model._table
-    events = int(table.length.sum())
     samples, cpu = [], []
     for repeat in range(args.repeats + 1):
         tic, cpu_tic = time.perf_counter(), time.process_time()
         losses = model.train_epoch()
         samples.append(time.perf_counter() - tic)
         cpu.append(time.process_time() - cpu_tic)
+        # the events the epoch trained on (THRNN's stop rule leaves the last sessions out)
+        events = model.fit_report["events_per_epoch"]
         print(f"  {name} epoch {repeat} ({'warm-up' if repeat == 0 else 'timed'}): "
               f"{samples[-1]:.1f} s wall, {cpu[-1]:.1f} s CPU, {events / cpu[-1]:,.0f} events per "
               f"CPU second, {losses}", flush=True)
     timed, timed_cpu = samples[1:] or samples, cpu[1:] or cpu
-    out.update({"subset_train_events": events, "subset_train_sessions": len(table),
+    out.update({"subset_train_events": int(table.length.sum()), "epoch_events": events,
+                "subset_train_sessions": len(table),
                 "epoch_seconds": samples, "epoch_cpu_seconds": cpu,
                 "warmup": 1 if len(samples) > 1 else 0,
                 "train_events_per_s": events / (sum(timed) / len(timed)),
