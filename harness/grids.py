@@ -89,8 +89,8 @@ GRIDS: dict[str, Grid] = {
              (0.0625, 0.125, 0.25, 0.5, 1.0), "data"),
         Grid("thrnn-alpha", "THRNN section 5.1: exponent alpha of the return-time loss",
              "alpha", (0.3, 0.5, 0.7, 0.9, 1.0), "model", protocol="sessions", needs_model="thrnn",
-             needs_note="THRNN does not exist in harness yet; this grid runs once a plugin "
-                        "registers a model named 'thrnn' with a parameter 'alpha'"),
+             needs_note="Install it with `pip install -e plugins/thrnn` (or any plugin that "
+                        "registers a model named 'thrnn' with a parameter 'alpha')"),
     )
 }
 

@@ -9,6 +9,10 @@ title, and shows the mean over seeds with the standard deviation as error bars.
 - ``runtime``: training time per epoch against the number of training events, log-log, with
   the least-squares slope of each model (``harness grid data-size``).
 - ``return-time``: return-time MAE per bin of the true gap (``harness run --protocol sessions``).
+- ``thrnn-alpha``: THRNN's MAE per gap bin for each loss exponent alpha (THRNN's Figure 3, from
+  ``harness grid thrnn-alpha``), with every other return-time model's runs on the same data
+  (the Hawkes fits: Figure 4) as dashed lines and the number of test gaps per bin as bars; the
+  THRNN authors' buckets when the records have them (``--preset thrnn``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ _HINTS = {
     "epoch-time": "harness run --models jodie,popularity",
     "runtime": "harness grid data-size --models jodie",
     "return-time": "harness run --protocol sessions --models hawkes",
+    "thrnn-alpha": "harness grid thrnn-alpha --dataset DATA",
 }
 _MARKERS = "osD^vP*X"
 
@@ -318,6 +323,63 @@ def _return_time(records: list[dict[str, Any]]) -> list:
     return figures
 
 
+def _thrnn_alpha(records: list[dict[str, Any]]) -> list:
+
+    plt = _pyplot()
+    figures = []
+    def bins_of(r: dict[str, Any]) -> dict[str, Any]:
+        # the THRNN authors' buckets (start-to-start gaps) when the run has them (--preset thrnn)
+        test = r["metrics"].get("test") or {}
+        return test.get("mae_thrnn_by_gap_hours") or test.get("mae_by_gap_hours") or {}
+
+    has_bins = [r for r in records if bins_of(r)]
+    chosen = [r for r in has_bins if _grid(r) == "thrnn-alpha"]
+    for (dataset, protocol), group in sorted(_by_dataset(chosen).items()):
+        group = _latest(group, lambda r: (_label(r, "alpha"), json.dumps(r["tuning"]["value"]),
+                                          r["seed"]))
+        others = _latest([r for r in has_bins if not r.get("tuning")
+                          and (r["dataset"]["name"], r["protocol"].get("name")) == (dataset, protocol)],
+                         lambda r: (_label(r), r["seed"]))
+        series: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        counts: dict[str, int] = {}
+        for r in group:
+            name = f"{_label(r, 'alpha')} α={r['tuning']['value']}"
+            for key, cell in bins_of(r).items():
+                series[name][key].append(float(cell["mae"]))
+                counts[key] = int(cell["count"])
+        references: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for r in others:
+            for key, cell in bins_of(r).items():
+                references[_label(r)][key].append(float(cell["mae"]))
+        bins = sorted({b for p in (*series.values(), *references.values()) for b in p}, key=_bin_low)
+        fig, ax = plt.subplots(figsize=(max(6.4, 0.8 * len(bins) + 2.0), 4.4))
+        twin = ax.twinx()
+        twin.bar(range(len(bins)), [counts.get(b, 0) for b in bins], color="0.85", zorder=0,
+                 label="test gaps")
+        twin.set_ylabel("test gaps per bin")
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        seeds: list[int] = []
+        colors = _colors(list(series) + list(references))
+        for style, table in (("-", series), ("--", references)):
+            for i, (name, per_bin) in enumerate(sorted(table.items())):
+                xs = [k for k, b in enumerate(bins) if per_bin.get(b)]
+                stats = [_stats(per_bin[bins[k]]) for k in xs]
+                seeds += [len(per_bin[bins[k]]) for k in xs]
+                ax.errorbar(xs, [m for m, _ in stats], yerr=[sd for _, sd in stats], ls=style,
+                            marker=_MARKERS[i % len(_MARKERS)], color=colors[name], capsize=2,
+                            label=name)
+        ax.set_xticks(range(len(bins)))
+        ax.set_xticklabels([_bin_text(b) for b in bins])
+        ax.set_xlabel("true time to the next session (hours)")
+        ax.set_ylabel("MAE (hours)")
+        ax.set_title(_title("Return-time MAE per gap and THRNN's alpha (THRNN Figures 3 and 4)",
+                            dataset, protocol, seeds))
+        ax.legend(frameon=False, fontsize=8)
+        figures.append((f"thrnn-alpha-{dataset}-{protocol}", fig))
+    return figures
+
+
 def _bin_low(key: str) -> float:
     return float(key.strip("[)").split(",")[0])
 
@@ -333,6 +395,7 @@ KINDS: dict[str, Callable[[list[dict[str, Any]]], list]] = {
     "epoch-time": _epoch_time,
     "runtime": _runtime,
     "return-time": _return_time,
+    "thrnn-alpha": _thrnn_alpha,
 }
 
 

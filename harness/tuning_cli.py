@@ -85,6 +85,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--param", type=_model_param, action="append", default=[], metavar="MODEL.KEY=VALUE")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE:CLASS")
     p.add_argument("--tie-policy", default="average", choices=["average", "optimistic", "pessimistic"])
+    p.add_argument("--preset", choices=["thrnn"],
+                   help="a paper's protocol settings for a sessions grid (as for `harness run`)")
     p.add_argument("--storage", help=_storage_help())
     p.add_argument("--study", help="study name (default grid-GRID-DATASET-<hash of the options>)")
     p.add_argument("--results", default="results")
@@ -148,7 +150,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
         params[model][key] = value
     summary = run_grid(
         args.grid, models=models, dataset=args.dataset, seeds=args.seeds, values=args.values,
-        epochs=args.epochs, protocol={"tie_policy": args.tie_policy}, params=params,
+        epochs=args.epochs, params=params,
+        protocol={"tie_policy": args.tie_policy, **({"preset": args.preset} if args.preset else {})},
         plugins=plugins, storage=args.storage, study=args.study, results=args.results,
         timeout=args.timeout, log=_log(args.quiet),
     )

@@ -28,7 +28,7 @@ def record(model, seed, *, run_id, grid=None, value=None, mrr=0.5, protocol="str
         out["metrics"]["test"]["mae_by_gap_hours"] = gaps
     if grid is not None:
         out["tuning"] = {"kind": "grid", "grid": grid, "value": value, "study": "s", "trial": 0,
-                         "axis": {"training-fraction": "train_fraction",
+                         "axis": {"training-fraction": "train_fraction", "thrnn-alpha": "alpha",
                                   "embedding-size": "embedding_size"}.get(grid, "data_fraction")}
     return out
 
@@ -94,6 +94,26 @@ def test_epoch_time_bars_and_return_time_bins():
     assert stem == "return-time-toyset-sessions" and "sessions protocol" in title
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0–0.5", "≥ 7.5"]
     assert [p.get_height() for p in ax.patches] == pytest.approx([0.2, 4.0])
+
+
+def test_thrnn_alpha_lines_per_alpha_with_hawkes_references():
+    def gaps(a, b):
+        return {"[0, 0.5)": {"mae": a, "count": 30}, "[1.5, 2.5)": {"mae": b, "count": 5}}
+
+    records = [record("thrnn", s, run_id=f"t{s}{x}", protocol="sessions", grid="thrnn-alpha",
+                      value=x, gaps=gaps(m, 2 * m), params_changed={"alpha": x})
+               for x, ms in ((0.3, (0.1, 0.3)), (1.0, (0.5, 0.5))) for s, m in enumerate(ms)]
+    records.append(record("hawkes", 0, run_id="h", protocol="sessions", gaps=gaps(0.7, 0.9)))
+    records.append(record("hawkes", 0, run_id="h2", protocol="sessions", gaps=gaps(0.8, 1.1),
+                          params_changed={"history": "all"}))
+    ((stem, title, ax),) = _figures("thrnn-alpha", records)
+    assert stem == "thrnn-alpha-toyset-sessions" and "Figures 3 and 4" in title
+    lines = {c.get_label(): c.lines[0] for c in ax.containers if c.get_label() != "test gaps"}
+    assert sorted(lines) == ["hawkes", "hawkes (history=all)", "thrnn α=0.3", "thrnn α=1.0"]
+    # the mean over seeds
+    np.testing.assert_allclose(np.asarray(lines["thrnn α=0.3"].get_ydata(), float), [0.2, 0.4])
+    np.testing.assert_allclose(np.asarray(lines["hawkes (history=all)"].get_ydata(), float), [0.8, 1.1])
+    assert lines["hawkes"].get_linestyle() == "--" and lines["thrnn α=1.0"].get_linestyle() == "-"
 
 
 def test_plot_command_writes_png_and_pdf(tmp_path, capsys):

@@ -275,11 +275,22 @@ def test_data_size_grid_uses_stream_prefixes(tmp_path):
     assert records[0]["timing"]["train_events"] == int(0.8 * round(0.25 * full))
 
 
+def test_thrnn_alpha_grid_under_the_thrnn_preset(tmp_path):
+    assert main(["grid", "thrnn-alpha", "--plugin", "toy_models:Thrnn", "--preset", "thrnn",
+                 "--values", "0.5,1", "--results", str(tmp_path), "--quiet"]) == 0
+    records = sorted(_trial_records(tmp_path), key=lambda r: r["tuning"]["value"])
+    assert [r["params"]["alpha"] for r in records] == [0.5, 1.0]
+    assert all(r["protocol"]["preset"] == "thrnn" and r["protocol"]["name"] == "sessions"
+               for r in records)
+    maes = [r["metrics"]["test"]["mae"] for r in records]
+    assert maes[0] != maes[1]
+
+
 def test_grid_errors(tmp_path, capsys):
     assert main(["grid", "embedding-size", "--models", "popularity", "--results", str(tmp_path)]) == 2
     assert "has no embedding size parameter" in capsys.readouterr().err
-    assert main(["grid", "thrnn-alpha", "--results", str(tmp_path)]) == 2
-    assert "THRNN does not exist in harness yet" in capsys.readouterr().err
+    assert main(["grid", "thrnn-alpha", "--models", "popularity", "--results", str(tmp_path)]) == 2
+    assert "model 'popularity' has no parameter 'alpha'" in capsys.readouterr().err
     assert main(["grid", "training-fractoin", "--models", "popularity"]) == 2
     assert "did you mean 'training-fraction'" in capsys.readouterr().err
     assert main(["grid", "training-fraction", "--models", "popularity", "--values", "0.9",

@@ -111,3 +111,14 @@ class ConstantReturn(Model):
 
     def predict_return_time(self, user, t):
         return np.full(len(user), self.hours * 3600.0)
+
+
+class Thrnn(ConstantReturn):
+    """A stand-in for THRNN in grid tests: a return time that depends on ``alpha``."""
+
+    def __init__(self, *, hours: float = 5.0, alpha: float = 1.0) -> None:
+        self.hours = hours
+        self.alpha = alpha
+
+    def predict_return_time(self, user, t):
+        return np.full(len(user), self.hours * self.alpha * 3600.0)

@@ -32,6 +32,7 @@ from harness_gru4rec._batching import (
     user_order,
 )
 from harness_gru4rec._losses import LOSSES
+from harness_gru4rec._sampling import PopularitySampler
 
 __all__ = ["GRU4Rec"]
 
@@ -226,9 +227,7 @@ class GRU4Rec(Model):
         self._items, self._offsets = session_sequences(train.user, train.item, starts, 2, order)
 
         pop = np.bincount(train.item, minlength=n_items).astype(np.float64)
-        weights = np.where(pop > 0, pop, 0.0) ** self.sample_alpha * (pop > 0)
-        total = weights.sum()
-        self._sample_cdf = np.cumsum(weights / total) if total > 0 else np.zeros(n_items)
+        self._sampler = PopularitySampler(pop, self.sample_alpha)
         # logQ uses the log of raw counts, as the official ``log(P0[targets])`` and
         # ``log(P0[samples] ** sample_alpha)`` do (every column's item has a count >= 1).
         self._log_count = np.log(np.maximum(pop, 1.0)).astype(np.float32)
@@ -356,11 +355,8 @@ class GRU4Rec(Model):
         params, mode = self._params, self._input_mode()
         samples = None
         columns = targets
-        if self.n_sample > 0 and self._sample_cdf[-1] > 0:
-            # Sorted keys make the search faster; the order of the shared negatives is irrelevant.
-            u = np.sort(self._rng.random(self.n_sample)) * self._sample_cdf[-1]
-            samples = np.minimum(np.searchsorted(self._sample_cdf, u, side="right"),
-                                 self._n_items - 1)
+        if self.n_sample > 0 and not self._sampler.empty:
+            samples = self._sampler.draw(self._rng, self.n_sample)
             columns = np.concatenate([targets, samples])
         # Autograd sees gathered copies of the item rows a step uses (leaves); their gradients
         # are summed per distinct row afterwards, so no backward pass touches a whole table.
