@@ -38,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a model parameter (value parsed as JSON when it can be)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE:CLASS",
                    help="run a model class that no distribution registers")
-    p.add_argument("--tie-policy", default="average", choices=["average", "optimistic", "pessimistic"])
+    p.add_argument("--tie-policy", choices=["average", "optimistic", "pessimistic"],
+                   help="how ties of the true item rank (default average; a --preset may set it)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="a paper's evaluation settings: jodie (its authors' protocol: optimistic "
+                   "ties, online updates, whole-stream time statistics); flags override it")
     p.add_argument("--split", type=_split, metavar="TRAIN,VALID,TEST", help="split fractions")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--audits", type=int, default=16, metavar="N",
@@ -134,14 +138,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         models = list(args.models) + [p for p in plugins if p not in args.models]
     if not models:
         raise UsageError("no models to run: install a model plugin or pass --models / --plugin")
-    protocol: dict[str, Any] = {"name": args.protocol, "tie_policy": args.tie_policy,
+    from harness.presets import Preset, get_preset
+
+    preset = get_preset(args.preset) if args.preset else Preset("")
+    protocol: dict[str, Any] = {"name": args.protocol, "tie_policy": "average", **preset.protocol,
                                 "patience": args.patience, "audits": args.audits}
+    if args.preset:
+        protocol["preset"] = args.preset
+    if args.tie_policy:
+        protocol["tie_policy"] = args.tie_policy
     if args.split:
         protocol.update(zip(("train", "valid", "test"), args.split))
     if args.session_gap:
         protocol["session_gap"] = args.session_gap
     Protocol(**protocol)  # validate before any work
     params = _model_params(args, models)
+    params = {name: {**preset.params.get(name, {}), **params[name]} for name in models}
     if args.params or args.params_from:
         from harness.tuning import tuned_params
 

@@ -43,6 +43,7 @@ __all__ = [
     "iter_blocks",
     "prepare",
     "replay",
+    "stream_summary",
 ]
 
 PROTOCOLS = ("streaming", "state", "sessions")
@@ -67,6 +68,11 @@ class Protocol:
     patience: int = 5
     max_block: int = 1024
     audits: int = 16
+    #: Hand models aggregate statistics of the whole stream, evaluation part included (see
+    #: :meth:`harness.api.Model.use_stream_summary`): the JODIE paper's preset only.
+    stream_summary: bool = False
+    #: The named preset (:mod:`harness.presets`) the protocol came from, if any.
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in PROTOCOLS:
@@ -117,6 +123,7 @@ class Prepared:
     ranked: np.ndarray  # bool: the event is a next-item query
     gap: np.ndarray  # seconds to the user's next visit when the event ends a visit, else NaN
     index: np.ndarray  # position of each evaluation event in the whole (sessionized) stream
+    summary: dict[str, Any] = field(default_factory=dict)  # stream_summary() of the whole stream
 
 
 @dataclass
@@ -131,6 +138,10 @@ class Evaluation:
     model_report: dict[str, Any] | None = None
     audit: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Per-event outcomes of the test split, for confidence intervals (see :mod:`harness.stats`).
+    outcomes: dict[str, Any] = field(default_factory=dict)
+    #: What the model was handed of the whole stream (``protocol.stream_summary`` only).
+    stream_summary: dict[str, Any] | None = None
 
 
 def check_compatible(model: type[Model] | Iterable[str], protocol: str, name: str | None = None) -> None:
@@ -182,7 +193,32 @@ def prepare(stream: Interactions, protocol: Protocol) -> Prepared:
         ranked=ranked[idx],
         gap=gap[idx],
         index=idx,
+        summary=stream_summary(stream),
     )
+
+
+def _moments(x: np.ndarray) -> dict[str, float]:
+    return {"count": int(x.size), "mean": float(x.mean()) if x.size else 0.0,
+            "std": float(x.std()) if x.size else 0.0}
+
+
+def stream_summary(stream: Interactions) -> dict[str, Any]:
+    """Aggregate time statistics of a whole stream (never its events): its first and last time,
+    and the count, mean and population std of the gaps between consecutive events of a user
+    (``user_gap``) and of an item (``item_gap``) and of the offsets ``t - t_start`` of each user's
+    and each item's first event (``user_first``, ``item_first``). Any convention for a node's
+    first gap follows by pooling, e.g. JODIE's ``t - t0`` pools ``*_gap`` with ``*_first``."""
+    t = stream.t
+    out: dict[str, Any] = {"events": len(stream), "t_start": float(t[0]) if len(t) else 0.0,
+                           "t_end": float(t[-1]) if len(t) else 0.0}
+    for name, key in (("user", stream.user), ("item", stream.item)):
+        order = np.argsort(key, kind="stable")
+        same = key[order][1:] == key[order][:-1]
+        gaps = t[order][1:][same] - t[order][:-1][same]
+        first = np.r_[True, ~same]
+        out[f"{name}_gap"] = _moments(gaps)
+        out[f"{name}_first"] = _moments(t[order][first] - out["t_start"])
+    return out
 
 
 def _session_targets(stream: Interactions) -> tuple[np.ndarray, np.ndarray]:
@@ -234,14 +270,18 @@ class _Collector:
         self.best: list[np.ndarray] = []
         self.worst: list[np.ndarray] = []
         self.rank_split: list[np.ndarray] = []
+        self.rank_event: list[tuple[np.ndarray, np.ndarray]] = []  # users and stream positions
         self.state: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.state_event: list[tuple[np.ndarray, np.ndarray]] = []
         self.gaps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.gap_event: list[tuple[np.ndarray, np.ndarray]] = []
         self.model_seconds = 0.0
         self.events = 0
         self.audit = dict.fromkeys(AUDIT_COUNTS, 0)
 
     def extend(self, other: _Collector) -> None:
-        for name in ("best", "worst", "rank_split", "state", "gaps"):
+        for name in ("best", "worst", "rank_split", "rank_event", "state", "state_event", "gaps",
+                     "gap_event"):
             getattr(self, name).extend(getattr(other, name))
         self.model_seconds += other.model_seconds
         self.events += other.events
@@ -264,6 +304,8 @@ class _Collector:
             labels, probs = labels[where == split], probs[where == split]
             try:
                 out["auc"] = auc(labels, probs)
+                out["auc_positives"] = int((labels == 1).sum())
+                out["auc_events"] = int(labels.size)
             except ValueError as exc:
                 notes.append(f"auc not reported for split {_SPLIT_NAMES[split]}: {exc}")
         if self.gaps:
@@ -273,6 +315,37 @@ class _Collector:
                 out["mae"] = mae(true, pred)
                 out["mae_by_gap_days"] = mae_by_bin(true / 24.0, pred / 24.0, GAP_BINS_DAYS)
                 out["return_time_queries"] = int(true.size)
+        return out
+
+    def outcomes(self, split: int) -> dict[str, Any]:
+        """The per-event outcomes of one split that confidence intervals and paired tests need
+        (see :mod:`harness.stats`), compact enough for a run record."""
+        from harness.stats import OUTCOMES_FORMAT, outcome_table
+
+        def events(parts: list[tuple[np.ndarray, np.ndarray]], where: np.ndarray):
+            user, index = (np.concatenate(c) for c in zip(*parts))
+            return user[where], index[where]
+
+        out: dict[str, Any] = {"format": OUTCOMES_FORMAT, "split": _SPLIT_NAMES[split], "unit": "user"}
+        if self.best:
+            where = np.concatenate(self.rank_split) == split
+            if where.any():
+                best, worst = np.concatenate(self.best)[where], np.concatenate(self.worst)[where]
+                out["rank"] = outcome_table(*events(self.rank_event, where), {
+                    "best": best.astype(np.int32), "ties": (worst - best).astype(np.int32)})
+        if self.state:
+            labels, probs, codes = (np.concatenate(c) for c in zip(*self.state))
+            where = codes == split
+            if len({0, 1} & set(labels[where].tolist())) == 2:
+                _, ranks = np.unique(probs[where], return_inverse=True)
+                out["state"] = outcome_table(*events(self.state_event, where), {
+                    "label": labels[where].astype(np.int8), "score_rank": ranks.astype(np.int32)})
+        if self.gaps:
+            true, pred, codes = (np.concatenate(c) for c in zip(*self.gaps))
+            where = codes == split
+            if where.any():
+                out["return_time"] = outcome_table(*events(self.gap_event, where), {
+                    "abs_error_hours": np.abs(true[where] - pred[where]) / 3600.0})
         return out
 
 
@@ -434,12 +507,15 @@ def _stream(
             out.best.append(best)
             out.worst.append(worst)
             out.rank_split.append(data.split[a:b][ranked])
+            out.rank_event.append((block.user[ranked], index[ranked]))
         if want_state:
             assert got.state is not None
             out.state.append((block.label, got.state.astype(np.float64), data.split[a:b]))
+            out.state_event.append((block.user, index))
         if n_ends:
             assert ends is not None and got.gap is not None
             out.gaps.append((data.gap[a:b][ends], got.gap.astype(np.float64), data.split[a:b][ends]))
+            out.gap_event.append((block.user[ends], index[ends]))
         out.events += b - a
         if progress is not None:
             progress(b - a)
@@ -542,7 +618,8 @@ def _evaluate(
             return collected, time.perf_counter() - t0
 
     tic = time.perf_counter()
-    proc.fit(data.train, seed=seed)
+    handed = data.summary if protocol.stream_summary else None
+    proc.fit(data.train, seed=seed, stream_summary=handed)
     setup_seconds = time.perf_counter() - tic
     epoch_records: list[dict[str, Any]] = []
     fit_samples: list[float] = []
@@ -613,6 +690,7 @@ def _evaluate(
     return Evaluation(
         _plain(metrics), epoch_records, best_epoch if n_epochs else None, timing, notes,
         _plain(report) if report is not None else None, audit=audit, meta=meta,
+        outcomes=collected.outcomes(_TEST), stream_summary=handed,
     )
 
 
