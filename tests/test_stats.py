@@ -134,9 +134,12 @@ def test_auc_interval_matches_scipy_bootstrap_over_users():
     lo, hi = interval(bootstrap("auc", {"a": [out]}, n_resamples=4000, seed=2)["a"])
     members = [np.flatnonzero(user == u) for u in np.unique(user)]
 
-    def auc_of(drawn, axis=-1):
+    def auc_of(drawn, axis=-1):  # every (positive, negative) pair compared, ties one half
         rows = np.concatenate([members[int(u)] for u in drawn])
-        return roc_auc_score(labels[rows], probs[rows]) if 0 < labels[rows].sum() < len(rows) else np.nan
+        pos, neg = probs[rows][labels[rows] == 1], probs[rows][labels[rows] == 0]
+        if not (len(pos) and len(neg)):
+            return np.nan
+        return np.mean(np.greater.outer(pos, neg) + 0.5 * np.equal.outer(pos, neg))
 
     ref = sps.bootstrap((np.arange(len(members)),), auc_of, vectorized=False, n_resamples=4000,
                         method="percentile", random_state=np.random.default_rng(8))
