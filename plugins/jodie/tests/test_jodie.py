@@ -466,3 +466,20 @@ def test_whole_stream_switches_need_the_summary(param):
         JODIE(embedding_size=8, **{param: "stream"}).fit(random_stream(n_events=50))
     with pytest.raises(UsageError, match=f"{param} must be 'train' or 'stream'"):
         JODIE(embedding_size=8, **{param: "all"}).fit(random_stream(n_events=50))
+
+
+def test_online_scoring_twice_returns_the_same_rows_and_trains_once():
+    """The evaluator's audit scores some blocks twice; with online updates the second score of a
+    block returns the first one's rows and the model ends where one score would leave it."""
+    stream = random_stream(n_events=300, seed=5)
+    model = _fitted(stream[:240], epochs=1, online_updates=True)
+    twice, once = copy.deepcopy(model), copy.deepcopy(model)
+    blocks = list(_blocks(stream[240:], 8))
+    for block in blocks[:-1]:
+        first = twice.score(block)
+        np.testing.assert_array_equal(twice.score(block), first)
+        twice.observe(block)
+        np.testing.assert_array_equal(once.score(block), first)
+        once.observe(block)
+        np.testing.assert_array_equal(twice.predict_state(block), once.predict_state(block))
+    np.testing.assert_array_equal(twice.score(blocks[-1]), once.score(blocks[-1]))
