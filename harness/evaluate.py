@@ -322,7 +322,8 @@ class _Collector:
         (see :mod:`harness.stats`), compact enough for a run record."""
         from harness.stats import OUTCOMES_FORMAT, outcome_table
 
-        def events(parts: list[tuple[np.ndarray, np.ndarray]], where: np.ndarray):
+        def events(parts: list[tuple[np.ndarray, np.ndarray]], where: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
             user, index = (np.concatenate(c) for c in zip(*parts))
             return user[where], index[where]
 

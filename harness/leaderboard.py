@@ -103,8 +103,9 @@ def _outcomes(row: dict[str, Any], column: str) -> tuple[str, tuple[int, ...], l
     fingerprint and the seed set), or None when some seed's record has none."""
     from harness.stats import Outcomes, kind_of
 
-    runs = [Outcomes.from_record(r, kind_of(column)) for r in row["_runs"]]
-    if not runs or any(o is None for o in runs) or len({o.fingerprint for o in runs}) != 1:
+    got = [Outcomes.from_record(r, kind_of(column)) for r in row["_runs"]]
+    runs = [o for o in got if o is not None]
+    if not runs or len(runs) < len(got) or len({o.fingerprint for o in runs}) != 1:
         return None
     seeds = tuple(sorted(r["seed"] for r in row["_runs"]))
     return runs[0].fingerprint, seeds, runs
@@ -182,7 +183,7 @@ def leaderboard(
             have = [r for r in trusted if c in r]
             if have:
                 pick = min if c in _LOWER_IS_BETTER else max
-                best[c] = pick(have, key=lambda r, c=c: np.mean(r[c]))
+                best[c] = pick(have, key=lambda r, c=c: float(np.mean(r[c])))  # type: ignore[misc]
         timed = {"fit s/epoch", "eval s"}
         for c in columns:
             if c not in timed:

@@ -152,7 +152,7 @@ def _small_csv(path: Path, n: int = 600) -> Path:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    rows = [f"{u},{i},{t:.1f},{int(l)},0.5" for u, i, t, l in zip(
+    rows = [f"{u},{i},{t:.1f},{int(y)},0.5" for u, i, t, y in zip(
         rng.integers(0, 30, n), rng.integers(0, 20, n), np.sort(rng.random(n) * 1e5),
         rng.random(n) < 0.1)]
     path.write_text("user_id,item_id,timestamp,state_label,f1\n" + "\n".join(rows) + "\n")

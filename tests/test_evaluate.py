@@ -225,8 +225,9 @@ def test_stream_summary_of_a_hand_made_stream():
 
 
 def test_the_whole_stream_summary_is_handed_over_only_when_the_protocol_says_so():
-    from harness.evaluate import stream_summary
     from toy_models import SummaryProbe
+
+    from harness.evaluate import stream_summary
 
     stream = skewed_stream(n=1000)
     honest = evaluate(SummaryProbe(), stream, Protocol("streaming", audits=0))

@@ -9,7 +9,7 @@ from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
 from harness.errors import HarnessError
-from harness.metrics import hits, mrr, rank_bounds, reciprocal_ranks, recall
+from harness.metrics import hits, mrr, rank_bounds, recall, reciprocal_ranks
 from harness.stats import (
     OUTCOMES_FORMAT,
     Outcomes,
