@@ -154,23 +154,34 @@ def _weighted_auc(labels: np.ndarray, ranks: np.ndarray, weights: np.ndarray) ->
     return float((weights[pos] * (below[ranks[pos]] + 0.5 * neg[ranks[pos]])).sum() / (n_pos * n_neg))
 
 
-def _replicates(metric: str, runs: Sequence[Outcomes], weights: np.ndarray) -> np.ndarray:
+def _prepared(metric: str, out: Outcomes) -> tuple[np.ndarray, ...]:
+    """What each resample needs of a run: per-user sums of the metric's per-event values (or,
+    for AUC, the events' labels and score ranks)."""
+    if metric == "auc":
+        return out.columns["label"], out.columns["score_rank"].astype(np.int64)
+    starts = np.r_[0, np.cumsum(out.counts)[:-1]]
+    return np.add.reduceat(_per_event(metric, out), starts), out.counts.astype(np.float64)
+
+
+def _replicates(metric: str, runs: Sequence[tuple[Outcomes, tuple[np.ndarray, ...]]],
+                weights: np.ndarray) -> np.ndarray:
     """The metric on each resample (rows of user ``weights``), averaged over ``runs`` (seeds)."""
     total = np.zeros(len(weights))
-    for out in runs:
+    for out, prepared in runs:
         if metric == "auc":
-            labels, ranks = out.columns["label"], out.columns["score_rank"].astype(np.int64)
+            labels, ranks = prepared
             total += [_weighted_auc(labels, ranks, np.repeat(w, out.counts)) for w in weights]
         else:
-            starts = np.r_[0, np.cumsum(out.counts)[:-1]]
-            sums = np.add.reduceat(_per_event(metric, out), starts)
-            total += (weights @ sums) / (weights @ out.counts)
+            sums, counts = prepared
+            # einsum, not a BLAS product: BLAS threads crawl on a busy machine at this size.
+            total += np.einsum("bu,u->b", weights, sums) / np.einsum("bu,u->b", weights, counts)
     return total / len(runs)
 
 
 def point(metric: str, runs: Sequence[Outcomes]) -> float:
     """The metric from the outcomes themselves (every user once), averaged over runs."""
-    return float(_replicates(metric, runs, np.ones((1, runs[0].users)))[0])
+    prepared = [(out, _prepared(metric, out)) for out in runs]
+    return float(_replicates(metric, prepared, np.ones((1, runs[0].users)))[0])
 
 
 def _resamples(n_users: int, n_resamples: int, seed: int, chunk: int = 256) -> Iterator[np.ndarray]:
@@ -196,9 +207,10 @@ def bootstrap(metric: str, groups: Mapping[Any, Sequence[Outcomes]], *, n_resamp
     prints = {out.fingerprint for out in runs}
     if len(prints) != 1:
         raise HarnessError(f"outcomes of different events cannot be paired (fingerprints {sorted(prints)})")
+    prepared = {key: [(out, _prepared(metric, out)) for out in group] for key, group in groups.items()}
     parts: dict[Any, list[np.ndarray]] = {key: [] for key in groups}
     for weights in _resamples(runs[0].users, n_resamples, seed):
-        for key, group in groups.items():
+        for key, group in prepared.items():
             parts[key].append(_replicates(metric, group, weights))
     return {key: np.concatenate(chunks) for key, chunks in parts.items()}
 
