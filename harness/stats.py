@@ -11,8 +11,8 @@ each user's events in stream order):
 - ``return_time``: per return-time query its absolute error in hours.
 
 Each array is stored once, zlib-compressed and base64-encoded; a Wikipedia test split (15,748
-events) takes about 60 KB (measured in ``benchmarks/RESULTS.md``). Users are kept as deltas of
-the sorted ids plus event counts, so the cost per user is about two bytes.
+events) takes 14-50 KB, 1-3.6 bytes per event (measured in ``benchmarks/RESULTS.md``). Users are
+kept as deltas of the sorted ids plus event counts, so the cost per user is about two bytes.
 
 Why users and not events are resampled: a user's events are not independent draws (a user who
 repeats an item is ranked well again and again), so resampling events treats a user's thousand
