@@ -47,6 +47,8 @@ class _Host:
         return {"meta": self.meta}
 
     def fit(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        if header.get("stream_summary") is not None:
+            self.model.use_stream_summary(dict(header["stream_summary"]))
         self.model.fit(_block(header, arrays), seed=int(header["seed"]))
         return {}
 

@@ -89,6 +89,14 @@ class Model(ABC):
     def fit(self, train: Interactions, *, seed: int = 0) -> None:
         """Set up learned state from the training events (all of it, unless ``iterative``)."""
 
+    def use_stream_summary(self, summary: dict[str, Any]) -> None:
+        """Receive aggregate statistics of the whole stream, evaluation part included, before
+        :meth:`fit`. Called only under a protocol with ``stream_summary=True`` (the JODIE paper's
+        preset, ``harness run --preset jodie``, where the authors' code standardises time
+        differences and sizes its time windows with the whole stream), and recorded in the run
+        record; never events. The keys are those of :func:`harness.evaluate.stream_summary`.
+        The default ignores them."""
+
     def train_epoch(self) -> dict[str, float]:
         """Train one more epoch on the events given to :meth:`fit`; return losses to record."""
         raise NotImplementedError(

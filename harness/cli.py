@@ -32,9 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=_csv, help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
     p.add_argument("--dataset", default="synthetic", help="registered name or path to a JODIE CSV")
     p.add_argument("--protocol", default="streaming", choices=["streaming", "state", "sessions"])
-    p.add_argument("--preset", choices=["thrnn"],
-                   help="a paper's protocol settings: thrnn = the sessions protocol as the THRNN "
-                   "authors run it (80/20 per user, no validation; their filters and MAE)")
     p.add_argument("--refit", action="store_true",
                    help="choose the epoch count on validation, then train a fresh model on "
                    "train + valid for that many epochs and test it")
@@ -44,7 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a model parameter (value parsed as JSON when it can be)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE:CLASS",
                    help="run a model class that no distribution registers")
-    p.add_argument("--tie-policy", default="average", choices=["average", "optimistic", "pessimistic"])
+    p.add_argument("--tie-policy", choices=["average", "optimistic", "pessimistic"],
+                   help="how ties of the true item rank (default average; a --preset may set it)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="a paper's evaluation settings: jodie (its authors' protocol: optimistic "
+                   "ties, online updates, whole-stream time statistics) or thrnn (the sessions "
+                   "protocol as the THRNN authors run it: 80/20 per user, no validation, their "
+                   "filters and MAE); flags override it")
     p.add_argument("--split", type=_split, metavar="TRAIN,VALID,TEST", help="split fractions")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--audits", type=int, default=16, metavar="N",
@@ -140,18 +143,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         models = list(args.models) + [p for p in plugins if p not in args.models]
     if not models:
         raise UsageError("no models to run: install a model plugin or pass --models / --plugin")
-    protocol: dict[str, Any] = {"name": args.protocol, "tie_policy": args.tie_policy,
+    from harness.presets import Preset, get_preset
+
+    preset = get_preset(args.preset) if args.preset else Preset("")
+    settings = {k: v for k, v in preset.protocol.items() if k != "name"}  # Protocol checks the name
+    protocol: dict[str, Any] = {"name": args.protocol, "tie_policy": "average", **settings,
                                 "patience": args.patience, "audits": args.audits}
     if args.preset:
         protocol["preset"] = args.preset
     if args.refit:
         protocol["refit"] = True
+    if args.tie_policy:
+        protocol["tie_policy"] = args.tie_policy
     if args.split:
         protocol.update(zip(("train", "valid", "test"), args.split))
     if args.session_gap:
         protocol["session_gap"] = args.session_gap
     protocol["name"] = protocol_name = Protocol(**protocol).name  # validate first; a preset sets it
     params = _model_params(args, models)
+    params = {name: {**preset.params.get(name, {}), **params[name]} for name in models}
     if args.params or args.params_from:
         from harness.tuning import tuned_params
 

@@ -10,7 +10,7 @@ Protocols (see DESIGN.md):
 - ``sessions``: THRNN's protocol. Each user's events are sessionized; per user the last 20% of
   sessions are test and the 10% before them valid. Next item within sessions (every event but a
   session's first) and the return time from the end of each visit to the user's next one.
-  ``Protocol("sessions", preset="thrnn")`` is the THRNN authors' setting (see :data:`PRESETS`):
+  ``Protocol("sessions", preset="thrnn")`` is the THRNN authors' setting (:mod:`harness.presets`):
   their preprocessing, a per-user 80/20 split with no validation part, and their return-time MAE.
 
 A protocol with ``valid=0`` trains for the requested epochs with no selection and tests the last
@@ -35,14 +35,13 @@ from typing import Any
 import numpy as np
 
 from harness.api import Model
-from harness.errors import HarnessError, UsageError, did_you_mean
+from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall, thrnn_return_mae
 from harness.sandbox import LocalModel, ModelProcess, ModelRef, Step, one_core
 
 __all__ = [
     "AUDIT_COUNTS",
-    "PRESETS",
     "PROTOCOLS",
     "AuditFailure",
     "Evaluation",
@@ -53,6 +52,7 @@ __all__ = [
     "prepare",
     "preset_session_gap",
     "replay",
+    "stream_summary",
 ]
 
 PROTOCOLS = ("streaming", "state", "sessions")
@@ -61,20 +61,6 @@ GAP_BINS_HOURS = (0.0, 12.0, 36.0, 60.0, 84.0, 108.0, 132.0, 156.0, 180.0, math.
 #: Inner bucket edges (hours) of THRNN's return-time table (the authors' tester); the buckets
 #: below ``min_return_gap`` and from ``max_return_gap`` on are reported apart.
 THRNN_GAP_EDGES_HOURS = (2.0, 12.0, *(36.0 + 24.0 * k for k in range(12)), 348.0, 396.0, 444.0)
-#: Protocol presets: the fields a preset sets unless the protocol gives them explicitly.
-#: ``thrnn`` is the THRNN authors' code (Vassøy et al. 2019; BjornarVass/Recsys): sessions by an
-#: idle gap of 30 min (1 h on datasets named ``reddit*``, see :func:`preset_session_gap`),
-#: 1-event sessions dropped, lengths 2-39 kept, parts of 20 with a trailing 1-event part
-#: dropped, users with fewer than 3 sessions dropped, per-user 80/20 split without validation,
-#: and the return-time MAE of their tester: start-to-start gaps, gaps under the session gap left
-#: out, gaps from 500 h on compressed to 500 h and left out of the headline ``mae_thrnn``.
-PRESETS: dict[str, dict[str, Any]] = {
-    "thrnn": {"name": "sessions", "valid": 0.0, "test": 0.2, "min_session_length": 2,
-              "max_visit_length": 39, "drop_single_tail": True, "min_user_sessions": 3,
-              "session_gap": 1800.0, "max_return_gap": 500 * 3600.0},
-}
-
-
 def preset_session_gap(preset: str | None, dataset: str) -> float | None:
     """The session gap (seconds) a preset uses on ``dataset``, or None when it sets none.
 
@@ -97,8 +83,10 @@ class Protocol:
     are dropped), ``drop_single_tail`` and ``min_user_sessions``. ``valid`` may be 0 (no
     selection; the last epoch is tested); ``refit`` retrains on train + valid for the selected
     epoch count. ``min_return_gap`` (seconds; None: not computed) turns on THRNN's return-time
-    figures, with gaps from ``max_return_gap`` on compressed. ``preset`` fills every field left
-    None from :data:`PRESETS`; after construction every field holds its resolved value.
+    figures, with gaps from ``max_return_gap`` on compressed. ``preset`` (:mod:`harness.presets`)
+    fills every field left None and sets the protocol's name; its settings of fields that have a
+    default (``tie_policy``, ``stream_summary``) are the command line's to apply. After
+    construction every field holds its resolved value.
     """
 
     name: str = "streaming"
@@ -120,12 +108,15 @@ class Protocol:
     refit: bool = False
     min_return_gap: float | None = None
     max_return_gap: float | None = None
+    #: Hand models aggregate statistics of the whole stream, evaluation part included (see
+    #: :meth:`harness.api.Model.use_stream_summary`): the JODIE paper's preset only.
+    stream_summary: bool = False
 
     def __post_init__(self) -> None:
         if self.preset is not None:
-            if self.preset not in PRESETS:
-                raise UsageError(did_you_mean(str(self.preset), list(PRESETS), "protocol preset"))
-            for key, value in PRESETS[self.preset].items():
+            from harness.presets import get_preset
+
+            for key, value in get_preset(self.preset).protocol.items():
                 if key == "name" and self.name not in (value, "streaming"):
                     raise UsageError(f"preset {self.preset!r} is a {value!r} protocol, but the "
                                      f"protocol is {self.name!r}; leave out --protocol")
@@ -209,6 +200,7 @@ class Prepared:
     ranked: np.ndarray  # bool: the event is a next-item query
     gap: np.ndarray  # seconds to the user's next visit when the event ends a visit, else NaN
     index: np.ndarray  # position of each evaluation event in the whole (sessionized) stream
+    summary: dict[str, Any] = field(default_factory=dict)  # stream_summary() of the whole stream
     span: np.ndarray | None = None  # seconds from the visit's start to its end, where gap is set
     refit: Prepared | None = None  # train + valid as training, test events (protocol.refit)
 
@@ -235,6 +227,10 @@ class Evaluation:
     model_report: dict[str, Any] | None = None
     audit: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Per-event outcomes of the test split, for confidence intervals (see :mod:`harness.stats`).
+    outcomes: dict[str, Any] = field(default_factory=dict)
+    #: What the model was handed of the whole stream (``protocol.stream_summary`` only).
+    stream_summary: dict[str, Any] | None = None
 
 
 def check_compatible(model: type[Model] | Iterable[str], protocol: str, name: str | None = None) -> None:
@@ -284,16 +280,42 @@ def prepare(stream: Interactions, protocol: Protocol) -> Prepared:
     if protocol.name == "sessions":
         ranked, gap, span = _session_targets(stream)
 
+    summary = stream_summary(stream)
+
     def cut(train: np.ndarray, evaluated: np.ndarray) -> Prepared:
         idx = np.flatnonzero(evaluated)
         return Prepared(train=stream[train], events=stream[idx], split=codes[idx].astype(np.int8),
                         ranked=ranked[idx], gap=gap[idx], index=idx,
-                        span=None if span is None else span[idx])
+                        span=None if span is None else span[idx], summary=summary)
 
     data = cut(codes == 0, codes >= _VALID)
     if protocol.refit:
         data.refit = cut((codes == 0) | (codes == _VALID), codes == _TEST)
     return data
+
+
+def _moments(x: np.ndarray) -> dict[str, float]:
+    return {"count": int(x.size), "mean": float(x.mean()) if x.size else 0.0,
+            "std": float(x.std()) if x.size else 0.0}
+
+
+def stream_summary(stream: Interactions) -> dict[str, Any]:
+    """Aggregate time statistics of a whole stream (never its events): its first and last time,
+    and the count, mean and population std of the gaps between consecutive events of a user
+    (``user_gap``) and of an item (``item_gap``) and of the offsets ``t - t_start`` of each user's
+    and each item's first event (``user_first``, ``item_first``). Any convention for a node's
+    first gap follows by pooling, e.g. JODIE's ``t - t0`` pools ``*_gap`` with ``*_first``."""
+    t = stream.t
+    out: dict[str, Any] = {"events": len(stream), "t_start": float(t[0]) if len(t) else 0.0,
+                           "t_end": float(t[-1]) if len(t) else 0.0}
+    for name, key in (("user", stream.user), ("item", stream.item)):
+        order = np.argsort(key, kind="stable")
+        same = key[order][1:] == key[order][:-1]
+        gaps = t[order][1:][same] - t[order][:-1][same]
+        first = np.r_[True, ~same]
+        out[f"{name}_gap"] = _moments(gaps)
+        out[f"{name}_first"] = _moments(t[order][first] - out["t_start"])
+    return out
 
 
 def _session_targets(stream: Interactions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -351,14 +373,18 @@ class _Collector:
         self.best: list[np.ndarray] = []
         self.worst: list[np.ndarray] = []
         self.rank_split: list[np.ndarray] = []
+        self.rank_event: list[tuple[np.ndarray, np.ndarray]] = []  # users and stream positions
         self.state: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.state_event: list[tuple[np.ndarray, np.ndarray]] = []
         self.gaps: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.gap_event: list[tuple[np.ndarray, np.ndarray]] = []
         self.model_seconds = 0.0
         self.events = 0
         self.audit = dict.fromkeys(AUDIT_COUNTS, 0)
 
     def extend(self, other: _Collector) -> None:
-        for name in ("best", "worst", "rank_split", "state", "gaps"):
+        for name in ("best", "worst", "rank_split", "rank_event", "state", "state_event", "gaps",
+                     "gap_event"):
             getattr(self, name).extend(getattr(other, name))
         self.model_seconds += other.model_seconds
         self.events += other.events
@@ -381,6 +407,8 @@ class _Collector:
             labels, probs = labels[where == split], probs[where == split]
             try:
                 out["auc"] = auc(labels, probs)
+                out["auc_positives"] = int((labels == 1).sum())
+                out["auc_events"] = int(labels.size)
             except ValueError as exc:
                 notes.append(f"auc not reported for split {_SPLIT_NAMES[split]}: {exc}")
         if self.gaps:
@@ -400,6 +428,38 @@ class _Collector:
                     out["return_time_thrnn_queries"] = thrnn.pop("queries")
                     out["mae_thrnn_by_gap_hours"] = thrnn.pop("mae_thrnn_by_gap")
                     out.update(thrnn)
+        return out
+
+    def outcomes(self, split: int) -> dict[str, Any]:
+        """The per-event outcomes of one split that confidence intervals and paired tests need
+        (see :mod:`harness.stats`), compact enough for a run record."""
+        from harness.stats import OUTCOMES_FORMAT, outcome_table
+
+        def events(parts: list[tuple[np.ndarray, np.ndarray]], where: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+            user, index = (np.concatenate(c) for c in zip(*parts))
+            return user[where], index[where]
+
+        out: dict[str, Any] = {"format": OUTCOMES_FORMAT, "split": _SPLIT_NAMES[split], "unit": "user"}
+        if self.best:
+            where = np.concatenate(self.rank_split) == split
+            if where.any():
+                best, worst = np.concatenate(self.best)[where], np.concatenate(self.worst)[where]
+                out["rank"] = outcome_table(*events(self.rank_event, where), {
+                    "best": best.astype(np.int32), "ties": (worst - best).astype(np.int32)})
+        if self.state:
+            labels, probs, codes = (np.concatenate(c) for c in zip(*self.state))
+            where = codes == split
+            if len({0, 1} & set(labels[where].tolist())) == 2:
+                _, ranks = np.unique(probs[where], return_inverse=True)
+                out["state"] = outcome_table(*events(self.state_event, where), {
+                    "label": labels[where].astype(np.int8), "score_rank": ranks.astype(np.int32)})
+        if self.gaps:
+            true, pred, codes, _ = (np.concatenate(c) for c in zip(*self.gaps))
+            where = codes == split
+            if where.any():
+                out["return_time"] = outcome_table(*events(self.gap_event, where), {
+                    "abs_error_hours": np.abs(true[where] - pred[where]) / 3600.0})
         return out
 
 
@@ -561,14 +621,17 @@ def _stream(
             out.best.append(best)
             out.worst.append(worst)
             out.rank_split.append(data.split[a:b][ranked])
+            out.rank_event.append((block.user[ranked], index[ranked]))
         if want_state:
             assert got.state is not None
             out.state.append((block.label, got.state.astype(np.float64), data.split[a:b]))
+            out.state_event.append((block.user, index))
         if n_ends:
             assert ends is not None and got.gap is not None
             span = data.span[a:b][ends] if data.span is not None else np.zeros(n_ends)
             out.gaps.append((data.gap[a:b][ends], got.gap.astype(np.float64), data.split[a:b][ends],
                              span))
+            out.gap_event.append((block.user[ends], index[ends]))
         out.events += b - a
         if progress is not None:
             progress(b - a)
@@ -679,7 +742,8 @@ def _evaluate(
     pristine = proc.fork() if protocol.refit else None  # never fitted: refit starts from it
     try:
         tic = time.perf_counter()
-        proc.fit(data.train, seed=seed)
+        handed = data.summary if protocol.stream_summary else None
+        proc.fit(data.train, seed=seed, stream_summary=handed)
         setup_seconds = time.perf_counter() - tic
         epoch_records: list[dict[str, Any]] = []
         fit_samples: list[float] = []
@@ -745,7 +809,7 @@ def _evaluate(
             probe.close()
             probe, pristine = pristine, None
             t0 = time.perf_counter()
-            probe.fit(data.refit.train, seed=seed)
+            probe.fit(data.refit.train, seed=seed, stream_summary=handed)
             for _ in range(best_epoch if n_epochs else 0):
                 probe.train_epoch()
             refit_seconds = time.perf_counter() - t0
@@ -785,6 +849,7 @@ def _evaluate(
     return Evaluation(
         _plain(metrics), epoch_records, best_epoch if n_epochs else None, timing, notes,
         _plain(report) if report is not None else None, audit=audit, meta=meta,
+        outcomes=collected.outcomes(_TEST), stream_summary=handed,
     )
 
 

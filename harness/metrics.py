@@ -22,11 +22,13 @@ __all__ = [
     "TIE_POLICIES",
     "Recall",
     "auc",
+    "hits",
     "mae",
     "mae_by_bin",
     "mrr",
     "rank_bounds",
     "recall",
+    "reciprocal_ranks",
     "thrnn_return_mae",
 ]
 
@@ -73,8 +75,8 @@ def _harmonic(n: np.ndarray) -> np.ndarray:
     return np.where(n > 0, digamma(n + 1.0) + np.euler_gamma, 0.0)
 
 
-def mrr(best, worst=None, k: int | None = None) -> float:
-    """Mean reciprocal rank (reciprocal rank counts 0 beyond ``k``), expected over tie-breaking."""
+def reciprocal_ranks(best, worst=None, k: int | None = None) -> np.ndarray:
+    """Per query: the reciprocal rank (0 beyond ``k``), expected over tie-breaking."""
     best, worst = _bounds(best, worst)
     top = worst if k is None else np.minimum(worst, k)
     hit = top >= best
@@ -82,14 +84,25 @@ def mrr(best, worst=None, k: int | None = None) -> float:
     # Harmonic differences lose precision for large ranks; the exact reciprocal is cheap there.
     single = best == worst
     total = np.where(single, np.where(hit, 1.0 / best, 0.0), total)
-    return float(np.mean(total / (worst - best + 1)))
+    return total / (worst - best + 1)
+
+
+def hits(best, worst=None, k: int = 10) -> np.ndarray:
+    """Per query: the probability that the true item ranks within the top ``k`` (over
+    tie-breaking)."""
+    best, worst = _bounds(best, worst)
+    inside = np.clip(np.minimum(worst, k) - best + 1, 0, None)
+    return inside / (worst - best + 1)
+
+
+def mrr(best, worst=None, k: int | None = None) -> float:
+    """Mean reciprocal rank (reciprocal rank counts 0 beyond ``k``), expected over tie-breaking."""
+    return float(np.mean(reciprocal_ranks(best, worst, k)))
 
 
 def recall(best, worst=None, k: int = 10) -> float:
     """Share of queries whose true item ranks within the top ``k`` (expected over tie-breaking)."""
-    best, worst = _bounds(best, worst)
-    inside = np.clip(np.minimum(worst, k) - best + 1, 0, None)
-    return float(np.mean(inside / (worst - best + 1)))
+    return float(np.mean(hits(best, worst, k)))
 
 
 def auc(labels, scores) -> float:

@@ -182,6 +182,8 @@ def run_one(
         notes=result.notes,
         model_report=result.model_report,
         audit=result.audit,
+        outcomes=result.outcomes,
+        stream_summary=result.stream_summary,
         timing={**result.timing, "peak_rss_mb": _peak_rss_mb(), "wall_seconds": time.time() - started},
     )
     return record

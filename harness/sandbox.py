@@ -308,8 +308,14 @@ class ModelProcess:
 
     # -- the model's calls -----------------------------------------------------------------------
 
-    def fit(self, train: Interactions, *, seed: int = 0) -> None:
-        self._call({"op": "fit", "seed": int(seed), **_sizes(train)}, block_arrays(train))
+    def fit(self, train: Interactions, *, seed: int = 0,
+            stream_summary: dict[str, Any] | None = None) -> None:
+        """Fit on ``train``; a ``stream_summary`` (aggregates only) goes to the model's
+        ``use_stream_summary`` first."""
+        header = {"op": "fit", "seed": int(seed), **_sizes(train)}
+        if stream_summary is not None:
+            header["stream_summary"] = stream_summary
+        self._call(header, block_arrays(train))
 
     def train_epoch(self) -> dict[str, float]:
         losses = self._call({"op": "train_epoch"})[0].get("losses") or {}

@@ -169,3 +169,51 @@ def test_preset_thrnn_runs_the_sessions_protocol_and_is_recorded(tmp_path, capsy
     assert main(["run", "--models", "recency", "--preset", "thrnn", "--refit", "--results",
                  str(tmp_path), "--quiet"]) == 2
     assert "needs a validation part" in capsys.readouterr().err
+
+
+def _small_csv(path: Path, n: int = 600) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = [f"{u},{i},{t:.1f},{int(y)},0.5" for u, i, t, y in zip(
+        rng.integers(0, 30, n), rng.integers(0, 20, n), np.sort(rng.random(n) * 1e5),
+        rng.random(n) < 0.1)]
+    path.write_text("user_id,item_id,timestamp,state_label,f1\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_the_jodie_preset_runs_the_authors_protocol_and_records_it(tmp_path, capsys):
+    from harness.evaluate import stream_summary
+
+    data = _small_csv(tmp_path / "small.csv")
+    results = tmp_path / "results"
+    assert main(["run", "--preset", "jodie", "--models", "jodie,popularity", "--epochs", "1",
+                 "--dataset", str(data), "--results", str(results), "--in-process", "--quiet",
+                 "--param", "jodie.embedding_size=8", "--param", "jodie.windows=20"]) == 0
+    records = {r["model"]: r for r in load_records(results)}
+    jodie, popularity = records["jodie"], records["popularity"]
+    for rec in (jodie, popularity):
+        assert rec["protocol"]["preset"] == "jodie" and rec["protocol"]["stream_summary"] is True
+        assert rec["protocol"]["tie_policy"] == "optimistic"
+    assert {k: jodie["params"][k] for k in ("online_updates", "dt_statistics", "window_span")} == {
+        "online_updates": True, "dt_statistics": "stream", "window_span": "stream"}
+    assert jodie["model_report"]["dt_statistics"] == "stream"
+    from harness.data import open_dataset
+
+    assert jodie["stream_summary"] == stream_summary(open_dataset(str(data)).load())
+    expected_span = (jodie["stream_summary"]["t_end"] - jodie["stream_summary"]["t_start"]) / 20
+    assert jodie["model_report"]["window_span_seconds"] == pytest.approx(expected_span)
+    # flags override the preset; without it nothing of the whole stream is handed over
+    assert main(["run", "--preset", "jodie", "--tie-policy", "average", "--models", "popularity",
+                 "--dataset", str(data), "--results", str(tmp_path / "r2"), "--in-process",
+                 "--quiet"]) == 0
+    assert load_records(tmp_path / "r2")[0]["protocol"]["tie_policy"] == "average"
+    assert main(["run", "--models", "popularity", "--dataset", str(data), "--results",
+                 str(tmp_path / "r3"), "--in-process", "--quiet"]) == 0
+    honest = load_records(tmp_path / "r3")[0]
+    assert honest["stream_summary"] is None and honest["protocol"]["stream_summary"] is False
+
+
+def test_an_unknown_preset_gets_a_suggestion(capsys):
+    assert main(["run", "--preset", "jodi", "--models", "popularity", "--quiet"]) == 2
+    assert "unknown preset 'jodi'; did you mean 'jodie'?" in capsys.readouterr().err

@@ -78,7 +78,8 @@ def test_best_validation_epoch_is_reported_with_early_stopping():
     curve = [e["valid"]["mrr"] for e in result.epochs]
     assert curve[1] == max(curve) and curve[2] < curve[0] < curve[1]
     reference = evaluate(Counts(), stream, Protocol("streaming")).metrics
-    reference["test"].pop("auc")  # Counts also predicts states; Scripted does not
+    for key in ("auc", "auc_positives", "auc_events"):  # Counts also predicts states; Scripted not
+        reference["test"].pop(key)
     assert result.metrics["test"] == reference["test"]
     assert len(result.timing["samples"]["epoch_fit_seconds"]) == 4
 
@@ -178,3 +179,64 @@ def test_missing_validation_metric_is_noted_not_hidden():
     assert any("validation auc was not available" in note for note in result.notes)
     assert any("auc not reported for split valid" in note for note in result.notes)
     assert "auc" in result.metrics["test"]
+
+
+def test_outcomes_reproduce_the_test_metrics_user_by_user():
+    from harness.stats import Outcomes, point
+
+    stream = skewed_stream(n=3000)
+    got = evaluate(Counts(), stream, Protocol("streaming", audits=0))
+    test = got.metrics["test"]
+    ranks = Outcomes.from_record({"outcomes": got.outcomes}, "rank")
+    assert got.outcomes["split"] == "test" and ranks is not None
+    for metric in ("mrr", "recall@10", "mrr@5", "recall@1"):
+        assert point(metric, [ranks]) == pytest.approx(test[metric], rel=1e-12)
+    start = int(0.9 * len(stream))  # the test events, counted per user
+    np.testing.assert_array_equal(ranks.counts, np.unique(stream.user[start:], return_counts=True)[1])
+    state = Outcomes.from_record({"outcomes": got.outcomes}, "state")
+    assert point("auc", [state]) == pytest.approx(test["auc"], rel=1e-12)
+    assert test["auc_positives"] == int(stream.label[start:].sum())
+    assert test["auc_events"] == len(stream) - start
+    # another protocol or split: other events, another fingerprint
+    other = evaluate(Counts(), stream, Protocol("streaming", train=0.7, valid=0.1, test=0.2, audits=0))
+    assert other.outcomes["rank"]["fingerprint"] != got.outcomes["rank"]["fingerprint"]
+    again = evaluate(Counts(prior=1.0), stream, Protocol("streaming", audits=0))
+    assert again.outcomes["rank"]["fingerprint"] == got.outcomes["rank"]["fingerprint"]
+
+
+def test_return_time_outcomes_reproduce_the_mae():
+    from harness.data.sessions import sessionize
+    from harness.stats import Outcomes, point
+
+    stream = sessionize(skewed_stream(n=3000, n_users=20), gap=600.0, max_length=20)
+    got = evaluate(ConstantReturn(hours=3.0), stream, Protocol("sessions", audits=0))
+    gaps = Outcomes.from_record({"outcomes": got.outcomes}, "return_time")
+    assert gaps.counts.sum() == got.metrics["test"]["return_time_queries"]
+    assert point("mae", [gaps]) == pytest.approx(got.metrics["test"]["mae"], rel=1e-9)
+
+
+def test_stream_summary_of_a_hand_made_stream():
+    from harness.evaluate import stream_summary
+
+    stream = Interactions.from_arrays([0, 1, 0, 1], [0, 0, 1, 0], [10.0, 12.0, 15.0, 21.0])
+    got = stream_summary(stream)
+    assert (got["events"], got["t_start"], got["t_end"]) == (4, 10.0, 21.0)
+    assert got["user_gap"] == {"count": 2, "mean": 7.0, "std": 2.0}  # 15-10, 21-12
+    assert got["user_first"] == {"count": 2, "mean": 1.0, "std": 1.0}  # offsets 0, 2
+    assert got["item_gap"] == {"count": 2, "mean": 5.5, "std": 3.5}  # 12-10, 21-12
+    assert got["item_first"] == {"count": 2, "mean": 2.5, "std": 2.5}  # offsets 0, 5
+
+
+def test_the_whole_stream_summary_is_handed_over_only_when_the_protocol_says_so():
+    from toy_models import SummaryProbe
+
+    from harness.evaluate import stream_summary
+
+    stream = skewed_stream(n=1000)
+    honest = evaluate(SummaryProbe(), stream, Protocol("streaming", audits=0))
+    assert honest.model_report["summary"] is None and honest.stream_summary is None
+    paper = evaluate(SummaryProbe(), stream, Protocol("streaming", audits=0, stream_summary=True))
+    assert paper.model_report["summary"] == paper.stream_summary == stream_summary(stream)
+    assert paper.model_report["train_events"] == int(0.8 * len(stream))  # events: training only
+    assert all(isinstance(v, (int, float)) for part in paper.stream_summary.values()
+               for v in (part.values() if isinstance(part, dict) else [part]))

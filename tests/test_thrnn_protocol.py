@@ -10,9 +10,10 @@ import pytest
 from toy_models import ConstantReturn, Recorder, Scripted, read_log
 
 from harness.errors import UsageError
-from harness.evaluate import PRESETS, Protocol, evaluate, prepare, preset_session_gap
+from harness.evaluate import Protocol, evaluate, prepare, preset_session_gap
 from harness.interactions import Interactions
 from harness.metrics import thrnn_return_mae
+from harness.presets import get_preset
 
 HOUR = 3600.0
 
@@ -31,7 +32,7 @@ def test_preset_sets_the_authors_settings_and_explicit_values_win():
     assert (plain.min_session_length, plain.max_visit_length, plain.drop_single_tail,
             plain.min_user_sessions, plain.min_return_gap) == (1, 40, False, 1, None)
     assert json.loads(json.dumps(p.to_dict()))["preset"] == "thrnn"  # recorded
-    assert set(PRESETS["thrnn"]) <= set(p.to_dict())
+    assert set(get_preset("thrnn").protocol) <= set(p.to_dict())
 
 
 def test_preset_session_gap_is_the_authors_code():

@@ -122,3 +122,14 @@ class Thrnn(ConstantReturn):
 
     def predict_return_time(self, user, t):
         return np.full(len(user), self.hours * self.alpha * 3600.0)
+
+
+class SummaryProbe(Counts):
+    """Reports in ``fit_report`` the whole-stream summary it was handed before ``fit`` (if any)."""
+
+    def use_stream_summary(self, summary):
+        self.summary_ = summary
+
+    def fit(self, train, *, seed=0):
+        super().fit(train, seed=seed)
+        self.fit_report = {"summary": getattr(self, "summary_", None), "train_events": len(train)}

@@ -30,15 +30,17 @@ def time_deltas(
     return dt_user, dt_item, prev_item
 
 
-def window_bounds(t: np.ndarray, windows: int) -> list[tuple[int, int]]:
+def window_bounds(t: np.ndarray, windows: int, span: float | None = None) -> list[tuple[int, int]]:
     """Cut a stream into time windows as the JODIE code does: a window starts at ``start`` and
     closes with the first event later than ``start + span`` (that event included); the next
     window's ``start`` is that event's time. ``span`` is the stream's duration over ``windows``.
-    The final partial window is kept (the JODIE code drops it)."""
+    The final partial window is kept (the JODIE code drops it). A given ``span`` replaces the
+    stream's own (the JODIE code divides the whole stream's duration, evaluation part included)."""
     n = len(t)
     if n == 0:
         return []
-    span = (t[-1] - t[0]) / windows
+    if span is None:
+        span = (t[-1] - t[0]) / windows
     out: list[tuple[int, int]] = []
     cur, start = 0, t[0]
     while cur < n:
@@ -149,9 +151,11 @@ def _plan(user: np.ndarray, item: np.ndarray, prev_item: np.ndarray, offset: int
 
 
 def plan_windows(
-    user: np.ndarray, item: np.ndarray, t: np.ndarray, prev_item: np.ndarray, windows: int
+    user: np.ndarray, item: np.ndarray, t: np.ndarray, prev_item: np.ndarray, windows: int,
+    span: float | None = None,
 ) -> list[Window]:
-    """t-Batch plans of the training stream, one per time window."""
+    """t-Batch plans of the training stream, one per time window (of ``span`` seconds, by
+    default the stream's duration over ``windows``)."""
     return [
-        _plan(user[a:b], item[a:b], prev_item[a:b], a) for a, b in window_bounds(t, windows)
+        _plan(user[a:b], item[a:b], prev_item[a:b], a) for a, b in window_bounds(t, windows, span)
     ]

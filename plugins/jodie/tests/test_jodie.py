@@ -407,3 +407,79 @@ def test_first_delta_since_start_or_zero():
         float(zero._standardize(np.zeros(1), 0)[0]))
     with pytest.raises(UsageError, match="first_delta"):
         JODIE(first_delta="never").fit(stream)
+
+
+@pytest.mark.parametrize("first_delta", ["since_start", "zero"])
+def test_whole_stream_time_statistics_as_the_authors_compute_them(first_delta):
+    """With the evaluator's summary of the whole stream, the standardisation is that of the
+    authors' code: mean and std of ``dt + 1`` over every event of the stream, test included."""
+    from harness.evaluate import stream_summary
+
+    whole = random_stream(n_events=400, seed=3)
+    train = whole[:320]
+    model = JODIE(embedding_size=8, windows=10, first_delta=first_delta, dt_statistics="stream")
+    model.use_stream_summary(stream_summary(whole))
+    model.fit(train, seed=0)
+    first = float(whole.t[0]) if first_delta == "since_start" else None
+    du, di, _ = time_deltas(whole.user.astype(np.int64), whole.item.astype(np.int64), whole.t,
+                            whole.n_items, first=first)
+    expected = [v for x in (du + 1, di + 1) for v in (x.mean(), x.std())]
+    np.testing.assert_allclose(model._dt_stats, expected, rtol=1e-9)
+    assert model.fit_report["dt_statistics"] == "stream"
+    honest = JODIE(embedding_size=8, windows=10, first_delta=first_delta)
+    honest.fit(train, seed=0)
+    du, di, _ = time_deltas(train.user.astype(np.int64), train.item.astype(np.int64), train.t,
+                            train.n_items, first=first)
+    np.testing.assert_allclose(honest._dt_stats, [v for x in (du + 1, di + 1)
+                                                  for v in (x.mean(), x.std())], rtol=1e-9)
+    assert honest.fit_report["dt_statistics"] == "train"
+
+
+def test_windows_divide_the_whole_streams_span_on_request():
+    from harness.evaluate import stream_summary
+
+    whole = random_stream(n_events=400, seed=4)
+    train = whole[:200]
+    model = JODIE(embedding_size=8, windows=20, window_span="stream")
+    model.use_stream_summary(stream_summary(whole))
+    model.fit(train, seed=0)
+    span = (whole.t[-1] - whole.t[0]) / 20
+    assert model.fit_report["window_span_seconds"] == pytest.approx(span)
+    assert model.fit_report["windows"] == len(window_bounds(train.t, 20, span))
+    honest = JODIE(embedding_size=8, windows=20)
+    honest.fit(train, seed=0)
+    assert honest.fit_report["window_span_seconds"] == pytest.approx((train.t[-1] - train.t[0]) / 20)
+    # Half the events over about half the span: about half as many windows as the honest cut.
+    assert model.fit_report["windows"] < honest.fit_report["windows"]
+
+
+def test_window_bounds_with_a_given_span():
+    t = np.array([0.0, 1.0, 2.0, 3.0, 9.0, 10.0])
+    # span 2: a window closes with the first event later than start + 2 (t=3), that event included
+    assert window_bounds(t, 5) == [(0, 4), (4, 5), (5, 6)]
+    assert window_bounds(t, 5, span=4.0) == [(0, 5), (5, 6)]
+
+
+@pytest.mark.parametrize("param", ["dt_statistics", "window_span"])
+def test_whole_stream_switches_need_the_summary(param):
+    with pytest.raises(UsageError, match=f"{param}='stream' needs.*--preset jodie"):
+        JODIE(embedding_size=8, **{param: "stream"}).fit(random_stream(n_events=50))
+    with pytest.raises(UsageError, match=f"{param} must be 'train' or 'stream'"):
+        JODIE(embedding_size=8, **{param: "all"}).fit(random_stream(n_events=50))
+
+
+def test_online_scoring_twice_returns_the_same_rows_and_trains_once():
+    """The evaluator's audit scores some blocks twice; with online updates the second score of a
+    block returns the first one's rows and the model ends where one score would leave it."""
+    stream = random_stream(n_events=300, seed=5)
+    model = _fitted(stream[:240], epochs=1, online_updates=True)
+    twice, once = copy.deepcopy(model), copy.deepcopy(model)
+    blocks = list(_blocks(stream[240:], 8))
+    for block in blocks[:-1]:
+        first = twice.score(block)
+        np.testing.assert_array_equal(twice.score(block), first)
+        twice.observe(block)
+        np.testing.assert_array_equal(once.score(block), first)
+        once.observe(block)
+        np.testing.assert_array_equal(twice.predict_state(block), once.predict_state(block))
+    np.testing.assert_array_equal(twice.score(blocks[-1]), once.score(blocks[-1]))
