@@ -117,6 +117,7 @@ def run_grid(
     study: str | None = None,
     results: str = "results",
     timeout: float | None = None,
+    heartbeat: int = 10,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) grid ``name`` for ``models`` x ``seeds`` x the grid's values; every point
@@ -181,7 +182,7 @@ def run_grid(
         # every resumed run must map a grid id to the same point.
         return _GridSampler(space, seed=0)
 
-    handle = open_storage(storage, results)
+    handle = open_storage(storage, results, heartbeat)
     the_study = load_or_create(handle, study_name, "maximize", config, make_sampler(0),
                                optuna.pruners.NopPruner())
     cache = StreamCache()
