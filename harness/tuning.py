@@ -130,10 +130,11 @@ def open_storage(storage: str | None, results: str | Path = "results",
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
+    _quiet_optuna()
     if heartbeat < 1:
         raise UsageError(f"--heartbeat must be at least 1 second, got {heartbeat}")
-    beats = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-             "heartbeat_stale_trial_callback": _stale}
+    beats: dict[str, Any] = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                             "heartbeat_stale_trial_callback": _stale}
     if storage is None:
         storage = str(Path(results) / DEFAULT_STORAGE_FILE)
     if storage.startswith("sqlite:///") or "://" not in storage and storage.endswith(
@@ -239,14 +240,25 @@ def _worker_id() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _counts(trial: Any) -> bool:
-    """Whether a trial uses up one of the study's requested trials (see the module notes)."""
+def _counts(trial: Any, retried: set[int]) -> bool:
+    """Whether a trial uses up one of the study's requested trials (see the module notes);
+    ``retried`` holds the numbers of the trials queued again (their retries count instead)."""
     from optuna.trial import TrialState
 
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     return trial.state == TrialState.FAIL and not (
-        trial.user_attrs.get("interrupted") or trial.user_attrs.get("surplus"))
+        trial.user_attrs.get("interrupted") or trial.user_attrs.get("surplus")
+        or trial.number in retried)
+
+
+def _retried(trials: list[Any]) -> set[int]:
+    return {int(t.user_attrs["retry_of"]) for t in trials if t.user_attrs.get("retry_of") is not None}
+
+
+def _counted(trials: list[Any]) -> int:
+    retried = _retried(trials)
+    return sum(_counts(t, retried) for t in trials)
 
 
 def _alive(pid: int) -> bool:
@@ -265,14 +277,16 @@ def _interrupt(study: Any, trial: Any, reason: str) -> None:
     from optuna.trial import TrialState
 
     storage = study._storage  # noqa: SLF001 - attributes of a trial another process left running
-    storage.set_trial_user_attr(trial._trial_id, "interrupted", reason)  # noqa: SLF001
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed for its heartbeat
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", reason)  # noqa: SLF001
     with contextlib.suppress(Exception):  # another worker may have finished it meanwhile
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
     system = {k: v for k, v in trial.system_attrs.items() if k in ("grid_id", "search_space")}
-    user = {k: v for k, v in trial.user_attrs.items() if k not in ("worker", "interrupted")}
+    user = {k: v for k, v in trial.user_attrs.items()
+            if k not in ("worker", "interrupted", "retry_reason")}
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs={**user, "retry_of": trial.number},
+        user_attrs={**user, "retry_of": trial.number, "retry_reason": reason},
         system_attrs={**system, "fixed_params": dict(trial.params)},
     ))
 
@@ -347,7 +361,7 @@ def _drive(
             optuna.storages.fail_stale_trials(study)  # heartbeats (database servers only)
             _reap_stale(study, locked=handle.locked)
             trials = study.get_trials(deepcopy=False)
-            full = sum(_counts(t) for t in trials) >= n_trials
+            full = _counted(trials) >= n_trials
             if not full:
                 study.sampler = make_sampler(len(trials))
                 trial = study.ask()
@@ -359,23 +373,30 @@ def _drive(
             continue
         if not handle.locked:
             before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-            if sum(_counts(t) for t in before) >= n_trials:
+            if _counted(before) >= n_trials:
                 trial.set_user_attr("surplus", True)
                 study.tell(trial, state=TrialState.FAIL)
                 continue
         try:
             with _heartbeat(study, trial):
                 state, value = run(trial)
+            if state == TrialState.COMPLETE:
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Other workers took this trial for dead (no heartbeat within the grace period) and
+            # queued it again: its retry counts, this result does not.
+            if log is not None:
+                log(f"trial {trial.number}: given up by other workers while it ran (no heartbeat "
+                    "for twice --heartbeat); its retry counts instead")
+            continue
         except KeyboardInterrupt:
             _interrupt(study, study._storage.get_trial(trial._trial_id), "interrupted by Ctrl-C")  # noqa: SLF001
             raise
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
-        if state == TrialState.COMPLETE:
-            study.tell(trial, value)
-        else:
-            study.tell(trial, state=state)
         ran += 1
         reason = study._storage.get_trial(trial._trial_id).user_attrs.get("reason")  # noqa: SLF001
         if log is not None:
@@ -694,8 +715,9 @@ def summarize(study: Any, handle: StudyHandle, ran: int = 0) -> dict[str, Any]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     out: dict[str, Any] = {
         "study": study.study_name, "storage": handle.display, "ran_here": ran,
-        "counted": sum(_counts(t) for t in trials), "states": {k: v for k, v in states.items() if v},
-        "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),
+        "counted": _counted(trials), "states": {k: v for k, v in states.items() if v},
+        "interrupted": sum(t.state == TrialState.FAIL and not _counts(t, _retried(trials))
+                           and not t.user_attrs.get("surplus") for t in trials),
     }
     if complete:
         best = study.best_trial
