@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from harness.api import Model
+from harness.checkpoints import Checkpoint
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall
@@ -487,6 +488,8 @@ def evaluate(
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     threads: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: bool = False,
 ) -> Evaluation:
     """Fit a model on the protocol's training part and evaluate it on valid and test.
 
@@ -494,13 +497,17 @@ def evaluate(
     :class:`ModelRef` (nothing of the model is imported here), an unfitted model object (its
     class must be importable), or a started :class:`ModelProcess` (left running). Every pass is
     audited. ``on_epoch`` is called with each epoch's record (Optuna uses it to prune).
+
+    With a ``checkpoint``, an iterative model's state is saved there after every epoch; with
+    ``resume`` too, the run continues from the saved epoch when there is one (see
+    :mod:`harness.checkpoints`).
     """
     if isinstance(model, ModelProcess):
-        return _evaluate(model, stream, protocol, epochs, seed, progress, on_epoch)
+        return _evaluate(model, stream, protocol, epochs, seed, progress, on_epoch, checkpoint, resume)
     if isinstance(model, Model):  # before a process is started for it
         check_compatible(type(model), (protocol or Protocol()).name)
     with ModelProcess.start(model, threads=threads) as proc:
-        return _evaluate(proc, stream, protocol, epochs, seed, progress, on_epoch)
+        return _evaluate(proc, stream, protocol, epochs, seed, progress, on_epoch, checkpoint, resume)
 
 
 def _evaluate(
@@ -511,6 +518,8 @@ def _evaluate(
     seed: int,
     progress: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    checkpoint: Checkpoint | None = None,
+    resume: bool = False,
 ) -> Evaluation:
     from tqdm import tqdm
 
@@ -532,37 +541,61 @@ def _evaluate(
         return tqdm(total=total, desc=desc, unit="ev", disable=None if progress else True, leave=False,
                     mininterval=0.5)
 
-    def run_pass(probe: ModelProcess, start: int, stop: int, n_blocks: int, desc: str
-                 ) -> tuple[_Collector, float]:
-        auditor = _Auditor(protocol, seed, next(passes), n_blocks) if protocol.audits else None
+    def run_pass(probe: ModelProcess, start: int, stop: int, n_blocks: int, desc: str,
+                 number: int | None = None) -> tuple[_Collector, float]:
+        number = next(passes) if number is None else number
+        auditor = _Auditor(protocol, seed, number, n_blocks) if protocol.audits else None
         with bar(stop - start, desc) as pb, one_core(probe) as spare:
             t0 = time.perf_counter()
             collected = _stream(probe, data, protocol, caps, start, stop, blocks, pb.update, auditor,
                                 spare)
             return collected, time.perf_counter() - t0
 
-    tic = time.perf_counter()
-    proc.fit(data.train, seed=seed)
-    setup_seconds = time.perf_counter() - tic
-    epoch_records: list[dict[str, Any]] = []
-    fit_samples: list[float] = []
-    valid_samples: list[float] = []
-    best: tuple[float, int, ModelProcess, _Collector] | None = None
-    selection = protocol.selection_metric
-    if protocol.name == "sessions" and "rank" not in caps:
-        selection = "mae"
-    sign = -1.0 if selection == "mae" else 1.0
     if not meta["iterative"] or not (epochs or meta["default_epochs"]):
         n_epochs = 0
     else:
         n_epochs = epochs if epochs is not None else meta["default_epochs"]
+    saved = checkpoint.load() if checkpoint is not None and resume and n_epochs else None
+    epoch_records: list[dict[str, Any]] = []
+    fit_samples: list[float] = []
+    valid_samples: list[float] = []
+    checkpoint_samples: list[float] = []
+    best: tuple[float, int, ModelProcess, _Collector] | None = None
+    best_state: np.ndarray | None = None
+    selection = protocol.selection_metric
+    if protocol.name == "sessions" and "rank" not in caps:
+        selection = "mae"
+    sign = -1.0 if selection == "mae" else 1.0
+    tic = time.perf_counter()
+    first_epoch = 1
+    if saved is None:
+        proc.fit(data.train, seed=seed)
+    else:  # the best epoch's validation pass is replayed: same pass number, same audits
+        header, states = saved
+        epoch_records, best_epoch = list(header["epochs"]), int(header["best_epoch"])
+        fit_samples = [float(e["fit_seconds"]) for e in epoch_records]
+        valid_samples = [float(e["valid_seconds"]) for e in epoch_records]
+        best_state = states.get("best", states["current"])
+        proc.restore(best_state)
+        probe = proc.fork()
+        collected, _ = run_pass(probe, 0, valid_end, n_valid_blocks, "valid", number=best_epoch)
+        best = (float(header["best_value"]), best_epoch, probe, collected)
+        proc.restore(states["current"])
+        first_epoch = len(epoch_records) + 1
+        passes = iter(range(first_epoch, 1 << 30))
+        notes.append(f"resumed after epoch {len(epoch_records)} from {checkpoint.path}"
+                     if checkpoint is not None else "resumed")
+    setup_seconds = time.perf_counter() - tic
 
     if n_epochs == 0:
         probe = proc.fork()
         collected, seconds = run_pass(probe, 0, valid_end, n_valid_blocks, "valid")
         valid_samples.append(seconds)
         best = (0.0, 0, probe, collected)
-    for epoch in range(1, n_epochs + 1):
+    stopped = best is not None and first_epoch - 1 - best[1] >= protocol.patience
+    for epoch in range(first_epoch, n_epochs + 1):
+        if stopped:
+            break
         t0 = time.perf_counter()
         losses = proc.train_epoch()
         fit_samples.append(time.perf_counter() - t0)
@@ -574,19 +607,32 @@ def _evaluate(
         record = {"epoch": epoch, "fit_seconds": fit_samples[-1], "valid_seconds": seconds,
                   "losses": losses, "valid": _plain(valid_metrics)}
         epoch_records.append(record)
-        if best is None or (not math.isnan(value)
-                            and (math.isnan(best[0]) or sign * value > sign * best[0])):
+        improved = best is None or (not math.isnan(value)
+                                    and (math.isnan(best[0]) or sign * value > sign * best[0]))
+        if improved:
             if best is not None:
                 best[2].close()
             best = (value, epoch, probe, collected)
         else:
             probe.close()
+        assert best is not None
+        if checkpoint is not None:
+            t0 = time.perf_counter()
+            state = proc.checkpoint()
+            if improved:
+                best_state = state
+            states = {"current": state}
+            if not improved and best_state is not None:
+                states["best"] = best_state
+            checkpoint.save({"best_epoch": best[1], "best_value": best[0], "epochs": epoch_records},
+                            states)
+            checkpoint_samples.append(time.perf_counter() - t0)
         if on_epoch is not None:
             on_epoch(record)
-        if epoch - best[1] >= protocol.patience:
-            notes.append(f"early stop after epoch {epoch}: no better validation {selection} "
-                         f"for {protocol.patience} epochs")
-            break
+        stopped = epoch - best[1] >= protocol.patience
+    if stopped:
+        notes.append(f"early stop after epoch {len(epoch_records)}: no better validation "
+                     f"{selection} for {protocol.patience} epochs")
     assert best is not None
     if n_epochs and math.isnan(best[0]):
         notes.append(f"validation {selection} was not available: epoch {best[1]} reported")
@@ -607,7 +653,7 @@ def _evaluate(
         "events_per_second": collected.events / eval_seconds if eval_seconds > 0 else None,
         "train_events": len(data.train),
         "samples": {"epoch_fit_seconds": fit_samples, "valid_seconds": valid_samples,
-                    "test_seconds": [test_seconds]},
+                    "test_seconds": [test_seconds], "checkpoint_seconds": checkpoint_samples},
     }
     audit = {**collected.audit, "audits_per_pass": protocol.audits}
     return Evaluation(

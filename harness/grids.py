@@ -195,7 +195,8 @@ def run_grid(
         value = trial.suggest_categorical("value", values)
         proto, p, fraction = grid.apply(value, classes[model], model, protocol, params[model])
         spec = RunSpec(model=model, dataset=dataset, protocol=proto, params=p, seed=seed,
-                       epochs=epochs, plugin=plugins.get(model), results=results)
+                       epochs=epochs, plugin=plugins.get(model), results=results,
+                       resume=True)  # a point retried after its worker died continues
         record = run_one(spec, data_fraction=fraction, cache=cache)
         record["tuning"] = {"kind": "grid", "grid": name, "axis": grid.axis, "value": value,
                             "study": study_name, "trial": trial.number, "storage": handle.display}

@@ -24,6 +24,7 @@ from harness.errors import HarnessError, UsageError
 
 if TYPE_CHECKING:
     from harness.api import Model
+    from harness.checkpoints import Checkpoint
 from harness.records import SCHEMA_VERSION, environment, new_run_id, write_record
 
 __all__ = ["RunSpec", "StreamCache", "build_model", "resolve_model", "run_many", "run_one"]
@@ -44,6 +45,8 @@ class RunSpec:
     timeout: float | None = None
     progress: bool = False
     threads: int | None = 1  # CPU threads per run: small per-batch kernels are slower with more
+    checkpoint: bool = True  # save an iterative model's state after every epoch
+    resume: bool = False  # continue from the run's checkpoint when there is one
 
 
 def resolve_model(name: str, plugin: str | None = None) -> type[Model]:
@@ -156,8 +159,14 @@ def run_one(
             record["dataset"] = {"name": dataset.name, "sha256": dataset.sha256(), **counts}
             if data_fraction is not None:
                 record["dataset"]["prefix_fraction"] = data_fraction
+            checkpoint = None
+            if spec.checkpoint:
+                checkpoint = checkpoint_of(spec, meta["params"], dataset, protocol, data_fraction)
             result = evaluate(proc, prepared, protocol, epochs=spec.epochs, seed=spec.seed,
-                              progress=spec.progress, on_epoch=watch)
+                              progress=spec.progress, on_epoch=watch, checkpoint=checkpoint,
+                              resume=spec.resume)
+            if checkpoint is not None:
+                checkpoint.remove()  # the run is done: its record says what it found
     except _Stopped as exc:
         last = epochs[-1]["epoch"] if epochs else 0
         return {**record, "status": "pruned", "epochs": epochs,
@@ -183,6 +192,19 @@ def run_one(
         timing={**result.timing, "peak_rss_mb": _peak_rss_mb(), "wall_seconds": time.time() - started},
     )
     return record
+
+
+def checkpoint_of(spec: RunSpec, params: dict[str, Any], dataset: Any, protocol: Any,
+                  data_fraction: float | None = None) -> Checkpoint:
+    """The checkpoint of a run: next to its records, named by what makes it the same run."""
+    from harness.checkpoints import Checkpoint, run_key
+    from harness.records import run_dir
+
+    key = run_key({"model": spec.model, "plugin": spec.plugin, "params": params,
+                   "dataset": dataset.sha256(), "protocol": protocol.to_dict(), "seed": spec.seed,
+                   "epochs": spec.epochs, "data_fraction": data_fraction})
+    name = f"{spec.model}-seed{spec.seed}-{key}.checkpoint"
+    return Checkpoint(run_dir(spec.results, dataset.name, protocol.name) / name, key)
 
 
 def _skeleton(spec: RunSpec) -> dict[str, Any]:

@@ -664,7 +664,8 @@ def _tune(
         suggest = _SpaceTrial(trial, overrides, fixed)
         params = {**space.search_space(suggest), **fixed}
         spec = RunSpec(model=model, dataset=dataset, protocol=protocol, params=params, seed=seed,
-                       epochs=epochs, plugin=plugin, results=results)
+                       epochs=epochs, plugin=plugin, results=results,
+                       checkpoint=False)  # a trial is pruned on its epochs: it starts over
 
         def on_epoch(epoch: dict[str, Any]) -> None:
             value = epoch["valid"].get(metric)
