@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from harness._argtypes import csv_list as _csv
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-from", metavar="STUDY",
                    help="the parameters of the best trial of this `harness tune` study")
     p.add_argument("--storage", help="Optuna storage of the studies (default RESULTS/optuna.journal)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the runs that already have an ok record in RESULTS and continue the "
+                   "others from their last epoch's checkpoint (after Ctrl-C or a kill)")
 
     p = sub.add_parser("leaderboard", help="tables from the run records")
     p.add_argument("--dataset")
@@ -117,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.leaderboard import leaderboard
     from harness.records import load_records
     from harness.registry import default_registry
-    from harness.runner import RunSpec, run_many
+    from harness.runner import RunsInterrupted, RunSpec, finished_runs, run_many
     from harness.sandbox import ModelRef, describe_model
 
     plugins = {target.rpartition(":")[2].lower(): target for target in args.plugin}
@@ -159,10 +163,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = [
         RunSpec(model=name, dataset=args.dataset, protocol=protocol, params=params[name], seed=seed,
                 epochs=args.epochs, plugin=plugins.get(name), results=args.results,
-                timeout=args.timeout, progress=not args.quiet)
+                timeout=args.timeout, progress=not args.quiet, resume=args.resume)
         for name in models for seed in args.seeds
     ]
-    paths = run_many(specs, isolate=not args.in_process)
+    finished: list[Path] = []
+    if args.resume:
+        finished, specs = finished_runs(specs, args.results)
+        for path in finished:
+            print(f"harness: {path} is done (--resume)", file=sys.stderr)
+    try:
+        paths = finished + run_many(specs, isolate=not args.in_process)
+    except RunsInterrupted as stop:
+        shown = lambda done: ", ".join(f"{s.model} seed {s.seed}" for s in done) or "none"  # noqa: E731
+        print(f"harness: interrupted; finished: {shown(specs[:len(stop.done)])}; not finished: "
+              f"{shown(stop.pending)}; the same command with --resume skips the finished runs and "
+              "continues the others from their last epoch", file=sys.stderr)
+        return 130
     records = [r for r in load_records(args.results) if r["_path"] in {str(p) for p in paths}]
     for record in records:
         if record["status"] != "ok":
