@@ -13,6 +13,7 @@ import pytest
 from test_tuning import PLUGIN, STUDY, _env, _trial_records, _tune_args
 
 from harness.cli import main
+from harness.records import load_records
 
 
 def _study(storage: str, name: str = STUDY):
@@ -149,3 +150,59 @@ def test_pruned_and_surplus_free_resume_on_postgres(tmp_path, pg_url):
     assert main(_tune_args(tmp_path, 3, "--storage", pg_url)) == 0
     assert len(_study(pg_url).trials) == 3
     assert Path(tmp_path).is_dir() and len(_trial_records(tmp_path)) == 3
+
+
+# -- the README's "On several machines" ------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The README's commands, scaled down for a test: a small file instead of Wikipedia, fewer
+#: trials, epochs and seeds. Everything else runs as written.
+_SCALE = (("--dataset wikipedia", "--dataset {csv}"), ("--trials 100", "--trials 3"),
+          ("--epochs 20", "--epochs 1"), ("--seeds 0,1,2", "--seeds 0,1"))
+
+
+def _readme_commands() -> list[str]:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## On several machines", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    return [line.strip() for line in block.strip().splitlines()]
+
+
+def test_the_readme_commands_for_several_machines_work_as_written(tmp_path, postgres_server):
+    import tomllib
+
+    from harness.data.jodie import write_jodie_csv
+    from harness.data.synthetic import SyntheticDataset
+
+    csv = tmp_path / "small.csv"
+    write_jodie_csv(SyntheticDataset(n_users=20, n_items=15, n_events=600, n_features=2).load(), csv)
+    pip, export, *commands = _readme_commands()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert pip == 'pip install "harness[postgres]"' and any("psycopg" in d for d in extras["postgres"])
+    assert export.startswith("export DB=postgresql://")
+    url = postgres_server.create_database("readme")
+    machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    for machine in machines:
+        machine.mkdir()
+    *workers, merge = commands
+    for command in workers:  # every command on both "machines" at once, as the README says
+        for old, new in _SCALE:
+            command = command.replace(old, new.format(csv=csv))
+        argv = [sys.executable, "-m", "harness.cli", *command.replace("$DB", url).split()[1:]]
+        procs = [subprocess.Popen(argv, cwd=m, env=_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for m in machines]
+        _finish(procs)
+    records = [r for m in machines for r in load_records(m / "results")]
+    runs = sorted((r["model"], r["seed"]) for r in records if not r.get("tuning"))
+    assert runs == sorted((m, s) for m in ("jodie", "gru4rec", "popularity") for s in (0, 1))
+    tuned = [r for r in records if r.get("tuning", {}).get("kind") == "tune"]
+    grid = [r for r in records if r.get("tuning", {}).get("kind") == "grid"]
+    assert sorted(r["tuning"]["trial"] for r in tuned) == [0, 1, 2]
+    assert sorted(r["tuning"]["value"] for r in grid) == [32, 64, 128, 256]
+    assert all(r["status"] in ("ok", "pruned") for r in records)
+    board = subprocess.run([sys.executable, "-m", "harness.cli", *merge.split()[1:]], cwd=tmp_path,
+                           env=_env(), capture_output=True, text=True)
+    assert board.returncode == 0, board.stderr
+    assert "| gru4rec (epochs=1) " in board.stdout and "| 2 " in board.stdout  # seeds of both machines
