@@ -31,7 +31,7 @@ from harness.checkpoints import Checkpoint
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall
-from harness.sandbox import LocalModel, ModelProcess, ModelRef, Step, one_core
+from harness.sandbox import LocalModel, ModelError, ModelProcess, ModelRef, Step, one_core
 
 __all__ = [
     "AUDIT_COUNTS",
@@ -618,7 +618,12 @@ def _evaluate(
         assert best is not None
         if checkpoint is not None:
             t0 = time.perf_counter()
-            state = proc.checkpoint()
+            try:
+                state = proc.checkpoint()
+            except ModelError as exc:  # a model that does not pickle still runs, unresumable
+                notes.append(f"no checkpoints: the model's state could not be saved ({exc})")
+                checkpoint = None
+        if checkpoint is not None:
             if improved:
                 best_state = state
             states = {"current": state}

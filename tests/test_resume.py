@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_tuning import Tilted
 
 from harness.checkpoints import Checkpoint
 from harness.cli import main
@@ -105,3 +107,21 @@ def test_a_checkpoint_of_another_run_or_a_broken_file_is_refused(tmp_path):
         Checkpoint(path, "abc").load()
     assert Checkpoint(tmp_path / "none.checkpoint", "abc").load() is None
     assert [p.name for p in _files(tmp_path)] == [path.name]  # no temporary file left behind
+
+
+class Unpicklable(Tilted):
+    """Trains like Tilted but holds a lock after fit, so its state cannot be pickled."""
+
+    def fit(self, train, *, seed=0):
+        super().fit(train, seed=seed)
+        self.lock_ = threading.Lock()
+
+
+def test_a_model_that_does_not_pickle_runs_without_checkpoints(tmp_path, small_csv):
+    args = ["run", "--models", "unpicklable", "--plugin", "test_resume:Unpicklable", "--dataset",
+            str(small_csv), "--epochs", "2", "--results", str(tmp_path), "--quiet"]
+    assert main(args) == 0
+    [record] = load_records(tmp_path)
+    assert record["status"] == "ok" and not list(tmp_path.rglob("*.checkpoint"))
+    assert any(n.startswith("no checkpoints: the model's state could not be saved (TypeError: cannot "
+                            "pickle '_thread.lock' object)") for n in record["notes"])
