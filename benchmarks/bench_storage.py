@@ -8,9 +8,10 @@ Cases (a private PostgreSQL server on 127.0.0.1 is started, see harness.testing.
   ask with a TPE sampler over two floats, attributes, heartbeat thread on a server, tell), with
   an objective that does nothing; seconds per trial for the journal file and for PostgreSQL.
 * ``retry``: seconds from a worker's death to the start of its trial's retry by a live worker
-  that waits for it: a worker of this machine killed with SIGKILL (noticed by its pid, journal
-  file and PostgreSQL), and a worker on another machine whose heartbeat stops (PostgreSQL,
-  ``--heartbeat 1``: stale after 2 s).
+  that waits for it (started ``--settle`` seconds before, so that its start-up is not counted):
+  a worker of this machine killed with SIGKILL (noticed by its pid, journal file and
+  PostgreSQL), and a worker on another machine whose heartbeat stops (PostgreSQL,
+  ``--heartbeat 1``: stale 2 s after its last heartbeat).
 * ``throughput``: a grid of fast models (``training-fraction`` for popularity, recency and
   frequency, 4 values x 2 seeds = 24 runs on a 3,000-event synthetic file) run by 1, 2 and 4
   ``harness grid`` workers on one study (journal file and PostgreSQL); runs per minute.
@@ -83,15 +84,16 @@ def _trials(storage: str) -> list[Any]:
         return []
 
 
-def retry_after_kill(storage: str, results: Path) -> float:
-    """A worker of this machine is killed mid-trial while another waits for it."""
-    victim = subprocess.Popen(_tune(storage, results, 1, "--param", "pause=2", "--heartbeat", "1"),
+def retry_after_kill(storage: str, results: Path, settle: float) -> float:
+    """A worker of this machine is killed mid-trial while another waits for it (started
+    ``settle`` seconds before the kill, so that its start-up is not counted)."""
+    victim = subprocess.Popen(_tune(storage, results, 1, "--param", "pause=60", "--heartbeat", "1"),
                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not any(t.state.name == "RUNNING" and len(t.params) == 2 for t in _trials(storage)):
         time.sleep(0.05)
-    survivor = subprocess.Popen(_tune(storage, results, 1, "--param", "pause=2", "--heartbeat", "1"),
+    survivor = subprocess.Popen(_tune(storage, results, 1, "--heartbeat", "1"),
                                 env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(8)  # the survivor starts, finds the study full and waits
+    time.sleep(settle)  # the survivor starts, finds the study full and waits
     killed = time.time()
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -100,8 +102,11 @@ def retry_after_kill(storage: str, results: Path) -> float:
     return retry.datetime_start.timestamp() - killed
 
 
-def retry_after_silence(storage: str, results: Path) -> float:
-    """A worker on another machine stops sending heartbeats (PostgreSQL, heartbeat 1 s)."""
+def retry_after_silence(storage: str, results: Path, settle: float) -> float:
+    """A worker on another machine stops sending heartbeats (PostgreSQL, heartbeat 1 s): this
+    process beats for it while the waiting worker starts, then stops."""
+    import threading
+
     import optuna
 
     from harness.tuning import open_storage
@@ -112,11 +117,24 @@ def retry_after_silence(storage: str, results: Path) -> float:
     lost = study.ask({"quality": optuna.distributions.FloatDistribution(-1.0, 1.0),
                       "decay": optuna.distributions.FloatDistribution(0.0, 0.5)})
     lost.set_user_attr("worker", {"host": "another-machine", "pid": 1})
-    study._storage.record_heartbeat(lost._trial_id)
-    silent = time.time()
-    assert subprocess.run(_tune(storage, results, 2, "--heartbeat", "1"), env=_env()).returncode == 0
+    stop, last = threading.Event(), [0.0]
+
+    def beat() -> None:
+        while not stop.is_set():
+            study._storage.record_heartbeat(lost._trial_id)
+            last[0] = time.time()
+            stop.wait(0.5)
+
+    beating = threading.Thread(target=beat)
+    beating.start()
+    survivor = subprocess.Popen(_tune(storage, results, 2, "--heartbeat", "1"), env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(settle)
+    stop.set()
+    beating.join()
+    assert survivor.wait() == 0
     [retry] = [t for t in _trials(storage) if t.user_attrs.get("retry_of") is not None]
-    return retry.datetime_start.timestamp() - silent
+    return retry.datetime_start.timestamp() - last[0]
 
 
 def throughput(storage: str, results: Path, csv: Path, workers: int) -> dict[str, float]:
@@ -140,6 +158,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--settle", type=float, default=30.0,
+                        help="seconds a waiting worker gets to start before the death (retry)")
     parser.add_argument("--skip", default="", help="comma-separated cases to skip")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -162,10 +182,10 @@ def main() -> None:
             print("overhead s/trial", out["overhead_seconds_per_trial"], flush=True)
         if "retry" not in skip:
             out["retry_seconds"] = {
-                f"{k}, killed worker of this machine": retry_after_kill(new(), tmp / f"r{k}")
+                f"{k}, killed worker of this machine": retry_after_kill(new(), tmp / f"r{k}", args.settle)
                 for k, new in stores.items()}
             out["retry_seconds"]["postgres, silent worker elsewhere (heartbeat 1 s)"] = \
-                retry_after_silence(stores["postgres"](), tmp / "rs")
+                retry_after_silence(stores["postgres"](), tmp / "rs", args.settle)
             print("retry s", out["retry_seconds"], flush=True)
         if "throughput" not in skip:
             csv = tmp / "grid.csv"
