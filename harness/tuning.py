@@ -153,7 +153,7 @@ def open_storage(storage: str | None, results: str | Path = "results",
     if "://" in storage:
         shown = _hide_password(storage)
         scheme = storage.split("://", 1)[0]
-        if scheme in ("postgres", "postgresql+psycopg2"):
+        if scheme == "postgres":
             raise UsageError(f"--storage {shown}: write the URL as postgresql://user:password@host/"
                              "database (the psycopg 3 driver of `pip install \"harness[postgres]\"`)")
         if scheme == "postgresql" and not _importable("psycopg"):
@@ -161,7 +161,7 @@ def open_storage(storage: str | None, results: str | Path = "results",
                              'pip install "harness[postgres]"')
         try:
             engine = None
-            if scheme == "postgresql":  # workers started together must not create the tables twice
+            if scheme.startswith("postgresql"):  # workers started together: create the tables once
                 import sqlalchemy
 
                 engine = sqlalchemy.create_engine(storage, pool_pre_ping=True)

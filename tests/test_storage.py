@@ -46,6 +46,8 @@ def test_a_missing_driver_names_the_extra(tmp_path, capsys, monkeypatch):
     assert err.strip().splitlines() == [
         "harness: error: --storage postgresql://me:***@dbhost/harness: the PostgreSQL driver is "
         'not installed; pip install "harness[postgres]"']
+    assert main(_tune_args(tmp_path, 1, "--storage", "postgres://me@dbhost/harness")) == 2
+    assert "write the URL as postgresql://user:password@host/database" in capsys.readouterr().err
 
 
 def test_an_unreachable_server_is_one_line(tmp_path, capsys, postgres_server):
