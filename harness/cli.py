@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "several machines (or terminals) splits them, each run once")
     p.add_argument("--heartbeat", type=int, default=10, metavar="S",
                    help="with --shared on a database server: seconds between heartbeats (default 10)")
+    p.add_argument("--no-checkpoints", action="store_true",
+                   help="save no checkpoint after each epoch (faster; a killed run starts over)")
     p.add_argument("--resume", action="store_true",
                    help="skip the runs that already have an ok record in RESULTS and continue the "
                    "others from their last epoch's checkpoint (after Ctrl-C or a kill)")
@@ -169,7 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = [
         RunSpec(model=name, dataset=args.dataset, protocol=protocol, params=params[name], seed=seed,
                 epochs=args.epochs, plugin=plugins.get(name), results=args.results,
-                timeout=args.timeout, progress=not args.quiet, resume=args.resume)
+                timeout=args.timeout, progress=not args.quiet, resume=args.resume,
+                checkpoint=not args.no_checkpoints)
         for name in models for seed in args.seeds
     ]
     if args.shared:

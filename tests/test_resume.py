@@ -125,3 +125,12 @@ def test_a_model_that_does_not_pickle_runs_without_checkpoints(tmp_path, small_c
     assert record["status"] == "ok" and not list(tmp_path.rglob("*.checkpoint"))
     assert any(n.startswith("no checkpoints: the model's state could not be saved (TypeError: cannot "
                             "pickle '_thread.lock' object)") for n in record["notes"])
+
+
+def test_no_checkpoints_saves_none(tmp_path, small_csv):
+    args = ["run", "--models", "tilted", "--plugin", "test_tuning:Tilted", "--dataset", str(small_csv),
+            "--epochs", "2", "--results", str(tmp_path), "--quiet"]
+    assert main([*args, "--no-checkpoints"]) == 0
+    assert main(args) == 0
+    saved = sorted(len(r["timing"]["samples"]["checkpoint_seconds"]) for r in load_records(tmp_path))
+    assert saved == [0, 2]  # with checkpoints: one per epoch
