@@ -10,6 +10,9 @@ on one study share the points and an interrupted grid resumes when its command i
 - ``data-size`` (JODIE experiment 3): the leading 1/16..all of the stream, split 80/10/10, to
   measure how training time per epoch grows with the number of events.
 - ``thrnn-alpha`` (THRNN section 5.1): the return-time loss exponent alpha of THRNN.
+
+:func:`run_jobs` makes the (model, seed) runs of one ``harness run --shared`` the points of such
+a study, so that the same command on several machines splits them.
 """
 
 from __future__ import annotations
