@@ -58,6 +58,19 @@ class _Host:
     def sync(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         return {}
 
+    def checkpoint(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
+        """The model and the global random states, pickled (the evaluator stores the bytes)."""
+        state = pickle.dumps({"model": self.model, "random": _random_states()}, protocol=5)
+        return {}, {"state": np.frombuffer(state, np.int8)}
+
+    def restore(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Continue from a :meth:`checkpoint`: its model replaces this one, its random states
+        replace the global ones."""
+        state = pickle.loads(arrays["state"].tobytes())
+        self.model = state["model"]
+        _set_random_states(state["random"])
+        return {}
+
     def space(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         assert self.conn is not None
         return {"params": type(self.model).search_space(_TrialProxy(self.conn))}
@@ -177,6 +190,27 @@ def _is_model_error(exc: BaseException) -> bool:
     from harness.sandbox import ModelError
 
     return isinstance(exc, ModelError)
+
+
+def _random_states() -> dict[str, Any]:
+    import random
+
+    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        states["torch"] = torch.get_rng_state()
+    return states
+
+
+def _set_random_states(states: dict[str, Any]) -> None:
+    import random
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "torch" in states:
+        import torch
+
+        torch.set_rng_state(states["torch"])
 
 
 def _one_thread_after_fork() -> None:

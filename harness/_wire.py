@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "Channel", "WireError", "encode", "receive", "send"]
+__all__ = ["DTYPES", "Channel", "WireError", "decode", "encode", "receive", "send"]
 
 #: The only dtypes that cross the boundary.
 DTYPES = frozenset({"float64", "float32", "int64", "int32", "int8", "bool"})
@@ -86,7 +86,11 @@ def receive(chan: Channel, max_bytes: int | None = None) -> tuple[dict[str, Any]
     Raises :class:`WireError` for anything that does not follow the format, ``EOFError`` when
     the other side has gone.
     """
-    frame = chan.recv_frame(None if max_bytes is None else max_bytes + _MAX_HEADER)
+    return decode(chan.recv_frame(None if max_bytes is None else max_bytes + _MAX_HEADER))
+
+
+def decode(frame: bytes | bytearray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The header and arrays of one frame made by :func:`encode` (see :func:`receive`)."""
     size = int.from_bytes(frame[:4], "little")
     if len(frame) < 4 or size > _MAX_HEADER or 4 + size > len(frame):
         raise WireError("a frame is shorter than its header says")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from harness._argtypes import csv_list as _csv
@@ -65,12 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-from", metavar="STUDY",
                    help="the parameters of the best trial of this `harness tune` study")
     p.add_argument("--storage", help="Optuna storage of the studies (default RESULTS/optuna.journal)")
+    p.add_argument("--shared", action="store_true",
+                   help="make the runs jobs of a study on --storage: the same command started on "
+                   "several machines (or terminals) splits them, each run once")
+    p.add_argument("--heartbeat", type=int, default=10, metavar="S",
+                   help="with --shared on a database server: seconds between heartbeats (default 10)")
+    p.add_argument("--no-checkpoints", action="store_true",
+                   help="save no checkpoint after each epoch (faster; a killed run starts over)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the runs that already have an ok record in RESULTS and continue the "
+                   "others from their last epoch's checkpoint (after Ctrl-C or a kill)")
 
     p = sub.add_parser("leaderboard", help="tables from the run records")
     p.add_argument("--dataset")
     p.add_argument("--protocol", choices=["streaming", "state", "sessions"])
     p.add_argument("--format", default="github", choices=["github", "latex", "plain"])
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", action="append", metavar="DIR",
+                   help="directory of run records (default results/); repeat it to merge the "
+                   "records of several directories, such as those of several machines")
 
     p = sub.add_parser("validate", help="run the conformance suite on a model")
     p.add_argument("--model", required=True)
@@ -123,10 +136,9 @@ def _model_params(args: argparse.Namespace, models: list[str]) -> dict[str, dict
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.evaluate import Protocol, check_compatible
-    from harness.leaderboard import leaderboard
     from harness.records import load_records
     from harness.registry import default_registry
-    from harness.runner import RunSpec, run_many
+    from harness.runner import RunsInterrupted, RunSpec, finished_runs, run_many
     from harness.sandbox import ModelRef, describe_model
 
     plugins = {target.rpartition(":")[2].lower(): target for target in args.plugin}
@@ -179,11 +191,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = [
         RunSpec(model=name, dataset=args.dataset, protocol=protocol, params=params[name], seed=seed,
                 epochs=args.epochs, plugin=plugins.get(name), results=args.results,
-                timeout=args.timeout, progress=not args.quiet)
+                timeout=args.timeout, progress=not args.quiet, resume=args.resume,
+                checkpoint=not args.no_checkpoints)
         for name in models for seed in args.seeds
     ]
-    paths = run_many(specs, isolate=not args.in_process)
-    records = [r for r in load_records(args.results) if r["_path"] in {str(p) for p in paths}]
+    if args.shared:
+        from harness.grids import run_jobs
+
+        try:
+            paths = run_jobs(specs, storage=args.storage, heartbeat=args.heartbeat,
+                             log=None if args.quiet else lambda line: print(line, file=sys.stderr))
+        except KeyboardInterrupt:
+            print("harness: interrupted; the run this worker had started is queued again: the same "
+                  "command continues it (from its checkpoint)", file=sys.stderr)
+            return 130
+        return _report(load_records(args.results), {str(p) for p in paths}, args)
+    finished: list[Path] = []
+    if args.resume:
+        finished, specs = finished_runs(specs, args.results)
+        for path in finished:
+            print(f"harness: {path} is done (--resume)", file=sys.stderr)
+    try:
+        paths = finished + run_many(specs, isolate=not args.in_process)
+    except RunsInterrupted as stop:
+        shown = lambda done: ", ".join(f"{s.model} seed {s.seed}" for s in done) or "none"  # noqa: E731
+        print(f"harness: interrupted; finished: {shown(specs[:len(stop.done)])}; not finished: "
+              f"{shown(stop.pending)}; the same command with --resume skips the finished runs and "
+              "continues the others from their last epoch", file=sys.stderr)
+        return 130
+    return _report(load_records(args.results), {str(p) for p in paths}, args)
+
+
+def _report(records: list[dict[str, Any]], paths: set[str], args: argparse.Namespace) -> int:
+    """Print the leaderboard of the runs at ``paths``; 1 when one of them did not succeed."""
+    from harness.leaderboard import leaderboard
+
+    records = [r for r in records if r["_path"] in paths]
     for record in records:
         if record["status"] != "ok":
             print(f"harness: {record['model']} (seed {record['seed']}) {record['status']}: "
@@ -197,8 +240,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from harness.leaderboard import leaderboard
     from harness.records import load_records
 
-    print(leaderboard(load_records(args.results), dataset=args.dataset, protocol=args.protocol,
-                      fmt=args.format))
+    records = [r for results in args.results or ["results"] for r in load_records(results)]
+    print(leaderboard(records, dataset=args.dataset, protocol=args.protocol, fmt=args.format))
     return 0
 
 

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from harness.api import Model
+from harness.checkpoints import Checkpoint
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall, thrnn_return_mae
-from harness.sandbox import LocalModel, ModelProcess, ModelRef, Step, one_core
+from harness.sandbox import LocalModel, ModelError, ModelProcess, ModelRef, Step, one_core
 
 __all__ = [
     "AUDIT_COUNTS",
@@ -679,6 +680,8 @@ def evaluate(
     progress: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     threads: int | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: bool = False,
 ) -> Evaluation:
     """Fit a model on the protocol's training part and evaluate it on valid and test.
 
@@ -686,13 +689,17 @@ def evaluate(
     :class:`ModelRef` (nothing of the model is imported here), an unfitted model object (its
     class must be importable), or a started :class:`ModelProcess` (left running). Every pass is
     audited. ``on_epoch`` is called with each epoch's record (Optuna uses it to prune).
+
+    With a ``checkpoint``, an iterative model's state is saved there after every epoch; with
+    ``resume`` too, the run continues from the saved epoch when there is one (see
+    :mod:`harness.checkpoints`).
     """
     if isinstance(model, ModelProcess):
-        return _evaluate(model, stream, protocol, epochs, seed, progress, on_epoch)
+        return _evaluate(model, stream, protocol, epochs, seed, progress, on_epoch, checkpoint, resume)
     if isinstance(model, Model):  # before a process is started for it
         check_compatible(type(model), (protocol or Protocol()).name)
     with ModelProcess.start(model, threads=threads) as proc:
-        return _evaluate(proc, stream, protocol, epochs, seed, progress, on_epoch)
+        return _evaluate(proc, stream, protocol, epochs, seed, progress, on_epoch, checkpoint, resume)
 
 
 def _evaluate(
@@ -703,6 +710,8 @@ def _evaluate(
     seed: int,
     progress: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    checkpoint: Checkpoint | None = None,
+    resume: bool = False,
 ) -> Evaluation:
     from tqdm import tqdm
 
@@ -727,73 +736,117 @@ def _evaluate(
                     mininterval=0.5)
 
     def run_pass(probe: ModelProcess, part: Prepared, part_blocks: list[tuple[int, int]],
-                 start: int, stop: int, desc: str) -> tuple[_Collector, float]:
+                 start: int, stop: int, desc: str, number: int | None = None
+                 ) -> tuple[_Collector, float]:
         n_blocks = sum(a < stop and b > start for a, b in part_blocks)
-        auditor = _Auditor(protocol, seed, next(passes), n_blocks) if protocol.audits else None
+        number = next(passes) if number is None else number
+        auditor = _Auditor(protocol, seed, number, n_blocks) if protocol.audits else None
         with bar(stop - start, desc) as pb, one_core(probe) as spare:
             t0 = time.perf_counter()
             collected = _stream(probe, part, protocol, caps, start, stop, part_blocks, pb.update,
                                 auditor, spare)
             return collected, time.perf_counter() - t0
 
-    def validate(probe: ModelProcess) -> tuple[_Collector, float]:
-        return run_pass(probe, data, blocks, 0, valid_end, "valid")
+    def validate(probe: ModelProcess, number: int | None = None) -> tuple[_Collector, float]:
+        return run_pass(probe, data, blocks, 0, valid_end, "valid", number)
 
+    if not meta["iterative"] or not (epochs or meta["default_epochs"]):
+        n_epochs = 0
+    else:
+        n_epochs = epochs if epochs is not None else meta["default_epochs"]
+    saved = checkpoint.load() if checkpoint is not None and resume and n_epochs else None
+    epoch_records: list[dict[str, Any]] = []
+    fit_samples: list[float] = []
+    valid_samples: list[float] = []
+    checkpoint_samples: list[float] = []
+    best: tuple[float, int, ModelProcess | None, _Collector] | None = None
+    best_state: np.ndarray | None = None
+    selection = protocol.selection_metric
+    if protocol.name == "sessions" and "rank" not in caps:
+        selection = protocol.return_selection_metric
+    sign = -1.0 if selection.startswith("mae") else 1.0
+    handed = data.summary if protocol.stream_summary else None
     pristine = proc.fork() if protocol.refit else None  # never fitted: refit starts from it
     try:
         tic = time.perf_counter()
-        handed = data.summary if protocol.stream_summary else None
-        proc.fit(data.train, seed=seed, stream_summary=handed)
+        first_epoch = 1
+        if saved is None:
+            proc.fit(data.train, seed=seed, stream_summary=handed)
+        else:  # the best epoch's validation pass is replayed: same pass number, same audits
+            header, states = saved
+            epoch_records, best_epoch = list(header["epochs"]), int(header["best_epoch"])
+            fit_samples = [float(e["fit_seconds"]) for e in epoch_records]
+            valid_samples = [float(e["valid_seconds"]) for e in epoch_records if "valid_seconds" in e]
+            best_state = states.get("best", states["current"])
+            if valid_end:
+                proc.restore(best_state)
+                probe = proc.fork()
+                collected, _ = validate(probe, number=best_epoch)
+                best = (float(header["best_value"]), best_epoch, probe, collected)
+            else:
+                best = (math.nan, best_epoch, None, _Collector())
+            proc.restore(states["current"])
+            first_epoch = len(epoch_records) + 1
+            passes = iter(range(first_epoch, 1 << 30))
+            notes.append(f"resumed after epoch {len(epoch_records)} from {checkpoint.path}"
+                         if checkpoint is not None else "resumed")
         setup_seconds = time.perf_counter() - tic
-        epoch_records: list[dict[str, Any]] = []
-        fit_samples: list[float] = []
-        valid_samples: list[float] = []
-        best: tuple[float, int, ModelProcess | None, _Collector] | None = None
-        selection = protocol.selection_metric
-        if protocol.name == "sessions" and "rank" not in caps:
-            selection = protocol.return_selection_metric
-        sign = -1.0 if selection.startswith("mae") else 1.0
-        if not meta["iterative"] or not (epochs or meta["default_epochs"]):
-            n_epochs = 0
-        else:
-            n_epochs = epochs if epochs is not None else meta["default_epochs"]
 
         if n_epochs == 0:
             probe = proc.fork()
             collected, seconds = validate(probe) if valid_end else (_Collector(), 0.0)
             valid_samples += [seconds] if valid_end else []
             best = (0.0, 0, probe, collected)
-        for epoch in range(1, n_epochs + 1):
+        stopped = bool(valid_end) and best is not None and first_epoch - 1 - best[1] >= protocol.patience
+        for epoch in range(first_epoch, n_epochs + 1):
+            if stopped:
+                break
             t0 = time.perf_counter()
             losses = proc.train_epoch()
             fit_samples.append(time.perf_counter() - t0)
             record = {"epoch": epoch, "fit_seconds": fit_samples[-1], "losses": losses}
             if not valid_end:  # nothing to select on: the last epoch is tested
-                epoch_records.append(record)
-                if on_epoch is not None:
-                    on_epoch(record)
+                improved = True
                 best = (math.nan, epoch, None, _Collector())
-                continue
-            probe = proc.fork()  # the pass runs in a copy: nothing it does reaches training
-            collected, seconds = validate(probe)
-            valid_samples.append(seconds)
-            valid_metrics = collected.metrics(_VALID, protocol, [])
-            value = valid_metrics.get(selection, math.nan)
-            record.update(valid_seconds=seconds, valid=_plain(valid_metrics))
-            epoch_records.append(record)
-            if best is None or (not math.isnan(value)
-                                and (math.isnan(best[0]) or sign * value > sign * best[0])):
-                if best is not None and best[2] is not None:
-                    best[2].close()
-                best = (value, epoch, probe, collected)
             else:
-                probe.close()
+                probe = proc.fork()  # the pass runs in a copy: nothing it does reaches training
+                collected, seconds = validate(probe)
+                valid_samples.append(seconds)
+                valid_metrics = collected.metrics(_VALID, protocol, [])
+                value = valid_metrics.get(selection, math.nan)
+                record.update(valid_seconds=seconds, valid=_plain(valid_metrics))
+                improved = best is None or (not math.isnan(value)
+                                            and (math.isnan(best[0]) or sign * value > sign * best[0]))
+                if improved:
+                    if best is not None and best[2] is not None:
+                        best[2].close()
+                    best = (value, epoch, probe, collected)
+                else:
+                    probe.close()
+            epoch_records.append(record)
+            assert best is not None
+            if checkpoint is not None:
+                t0 = time.perf_counter()
+                try:
+                    state = proc.checkpoint()
+                except ModelError as exc:  # a model that does not pickle still runs, unresumable
+                    notes.append(f"no checkpoints: the model's state could not be saved ({exc})")
+                    checkpoint = None
+            if checkpoint is not None:
+                if improved:
+                    best_state = state
+                states = {"current": state}
+                if not improved and best_state is not None:
+                    states["best"] = best_state
+                checkpoint.save({"best_epoch": best[1], "best_value": best[0], "epochs": epoch_records},
+                                states)
+                checkpoint_samples.append(time.perf_counter() - t0)
             if on_epoch is not None:
                 on_epoch(record)
-            if epoch - best[1] >= protocol.patience:
-                notes.append(f"early stop after epoch {epoch}: no better validation {selection} "
-                             f"for {protocol.patience} epochs")
-                break
+            stopped = bool(valid_end) and epoch - best[1] >= protocol.patience
+        if stopped:
+            notes.append(f"early stop after epoch {len(epoch_records)}: no better validation "
+                         f"{selection} for {protocol.patience} epochs")
         assert best is not None
         _, best_epoch, best_probe, collected = best
         probe = best_probe if best_probe is not None else proc.fork()
@@ -840,7 +893,7 @@ def _evaluate(
         "events_per_second": collected.events / eval_seconds if eval_seconds > 0 else None,
         "train_events": len(data.train),
         "samples": {"epoch_fit_seconds": fit_samples, "valid_seconds": valid_samples,
-                    "test_seconds": [test_seconds]},
+                    "test_seconds": [test_seconds], "checkpoint_seconds": checkpoint_samples},
     }
     if refit_seconds is not None:
         assert data.refit is not None

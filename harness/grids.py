@@ -10,18 +10,23 @@ on one study share the points and an interrupted grid resumes when its command i
 - ``data-size`` (JODIE experiment 3): the leading 1/16..all of the stream, split 80/10/10, to
   measure how training time per epoch grows with the number of events.
 - ``thrnn-alpha`` (THRNN section 5.1): the return-time loss exponent alpha of THRNN.
+
+:func:`run_jobs` makes the (model, seed) runs of one ``harness run --shared`` the points of such
+a study, so that the same command on several machines splits them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError, did_you_mean
 
-__all__ = ["EMBEDDING_PARAMS", "GRIDS", "Grid", "get_grid", "run_grid"]
+__all__ = ["EMBEDDING_PARAMS", "GRIDS", "Grid", "get_grid", "run_grid", "run_jobs"]
 
 #: Constructor parameters that mean "embedding size", in the order they are looked for.
 EMBEDDING_PARAMS = ("embedding_size", "embedding_dim", "hidden_size", "dim", "n_factors", "d")
@@ -117,6 +122,7 @@ def run_grid(
     study: str | None = None,
     results: str = "results",
     timeout: float | None = None,
+    heartbeat: int = 10,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) grid ``name`` for ``models`` x ``seeds`` x the grid's values; every point
@@ -181,7 +187,7 @@ def run_grid(
         # every resumed run must map a grid id to the same point.
         return _GridSampler(space, seed=0)
 
-    handle = open_storage(storage, results)
+    handle = open_storage(storage, results, heartbeat)
     the_study = load_or_create(handle, study_name, "maximize", config, make_sampler(0),
                                optuna.pruners.NopPruner())
     cache = StreamCache()
@@ -194,7 +200,8 @@ def run_grid(
         value = trial.suggest_categorical("value", values)
         proto, p, fraction = grid.apply(value, classes[model], model, protocol, params[model])
         spec = RunSpec(model=model, dataset=dataset, protocol=proto, params=p, seed=seed,
-                       epochs=epochs, plugin=plugins.get(model), results=results)
+                       epochs=epochs, plugin=plugins.get(model), results=results,
+                       resume=True)  # a point retried after its worker died continues
         record = run_one(spec, data_fraction=fraction, cache=cache)
         record["tuning"] = {"kind": "grid", "grid": name, "axis": grid.axis, "value": value,
                             "study": study_name, "trial": trial.number, "storage": handle.display}
@@ -237,3 +244,56 @@ def _grid_sampler_class() -> type:
 
 def _GridSampler(space: dict[str, list[Any]], seed: int) -> Any:  # noqa: N802 - a class factory
     return _grid_sampler_class()(space, seed=seed)
+
+
+def run_jobs(
+    specs: list[Any],
+    *,
+    storage: str | None = None,
+    study: str | None = None,
+    heartbeat: int = 10,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """The runs of one ``harness run`` (``RunSpec`` objects) as the points of a grid study on
+    shared storage: every worker started with the same command takes the next job nobody has
+    taken, each job runs once (a job whose worker dies is retried, from its checkpoint when the
+    results directory is shared). Returns the records of the study's jobs that are in this
+    worker's results directory."""
+    import optuna
+
+    from harness.runner import run_many
+    from harness.tuning import _drive, _quiet_optuna, config_digest, load_or_create, open_storage
+
+    _quiet_optuna()
+    results = specs[0].results
+    jobs = {f"{s.model} seed {s.seed}": replace(s, resume=True) for s in specs}
+    labels = list(jobs)
+    config = {"kind": "run", "jobs": labels, "dataset": specs[0].dataset,
+              "protocol": specs[0].protocol, "epochs": specs[0].epochs,
+              "params": {s.model: s.params for s in specs}, "plugins": {s.model: s.plugin for s in specs}}
+    name = study or f"run-{_slug(specs[0].dataset)}-{config_digest(config)}"
+    handle = open_storage(storage, results, heartbeat)
+    the_study = load_or_create(handle, name, "maximize", config, _GridSampler({"job": labels}, 0),
+                               optuna.pruners.NopPruner())
+
+    def run(trial: Any) -> tuple[Any, float | None]:
+        from optuna.trial import TrialState
+
+        label = trial.suggest_categorical("job", labels)
+        [path] = run_many([jobs[label]])
+        record = json.loads(path.read_text())
+        trial.set_user_attr("record", str(path))
+        trial.set_user_attr("status", record["status"])
+        if record["status"] != "ok":
+            trial.set_user_attr("reason", record.get("reason", ""))
+            return TrialState.FAIL, None
+        return TrialState.COMPLETE, 0.0
+
+    if log is not None:
+        log(f"{len(labels)} runs as the jobs of study {name} ({handle.display}): the same command "
+            "started elsewhere on this storage shares them")
+    _drive(the_study, handle, len(labels), lambda number: _GridSampler({"job": labels}, 0), run,
+           log=log, max_failures=len(labels) + 1)
+    paths = [Path(t.user_attrs["record"]) for t in the_study.get_trials(deepcopy=False)
+             if t.user_attrs.get("record")]
+    return [p for p in paths if p.exists()]

@@ -92,12 +92,16 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-") or "x"
 
 
+def run_dir(results_dir: str | Path, dataset: str, protocol: str) -> Path:
+    """``results_dir/<dataset>/<protocol>``: where the records (and checkpoints) of runs go."""
+    return Path(results_dir) / _slug(Path(dataset).stem if "/" in dataset else dataset) / protocol
+
+
 def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
     """Write ``record`` under ``results_dir/<dataset>/<protocol>/`` and return its path."""
-    dataset = _slug(Path(record["dataset"]["name"]).stem if "/" in record["dataset"]["name"]
-                    else record["dataset"]["name"])
     name = f"{_slug(record['model'])}-seed{record['seed']}-{record['run_id']}.json"
-    return write_json_atomic(Path(results_dir) / dataset / record["protocol"]["name"] / name, record)
+    return write_json_atomic(
+        run_dir(results_dir, record["dataset"]["name"], record["protocol"]["name"]) / name, record)
 
 
 def load_records(results_dir: str | Path) -> list[dict[str, Any]]:

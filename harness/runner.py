@@ -11,8 +11,8 @@ import inspect
 import json
 import multiprocessing
 import os
-import queue as queue_module
 import resource
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -24,9 +24,11 @@ from harness.errors import HarnessError, UsageError
 
 if TYPE_CHECKING:
     from harness.api import Model
+    from harness.checkpoints import Checkpoint
 from harness.records import SCHEMA_VERSION, environment, new_run_id, write_record
 
-__all__ = ["RunSpec", "StreamCache", "build_model", "resolve_model", "run_many", "run_one"]
+__all__ = ["RunSpec", "RunsInterrupted", "StreamCache", "build_model", "resolve_model", "run_many",
+           "run_one"]
 
 
 @dataclass
@@ -44,6 +46,31 @@ class RunSpec:
     timeout: float | None = None
     progress: bool = False
     threads: int | None = 1  # CPU threads per run: small per-batch kernels are slower with more
+    checkpoint: bool = True  # save an iterative model's state after every epoch
+    resume: bool = False  # continue from the run's checkpoint when there is one
+
+
+_IDENTITY = ("model", "dataset", "protocol", "params", "seed", "epochs", "plugin")
+
+
+def finished_runs(specs: list[RunSpec], results: str | Path) -> tuple[list[Path], list[RunSpec]]:
+    """The records of ``specs`` that already ended ``ok`` in ``results`` (the latest of each run),
+    and the specs still to run."""
+    from harness.records import load_records
+
+    done: dict[str, Path] = {}
+    for record in load_records(results) if Path(results).is_dir() else []:
+        spec = record.get("spec") or {}
+        if record["status"] == "ok" and isinstance(spec, dict):
+            done[json.dumps([spec.get(k) for k in _IDENTITY], sort_keys=True)] = Path(record["_path"])
+    paths, todo = [], []
+    for spec in specs:
+        key = json.dumps([asdict(spec)[k] for k in _IDENTITY], sort_keys=True)
+        if key in done:
+            paths.append(done[key])
+        else:
+            todo.append(spec)
+    return paths, todo
 
 
 def resolve_model(name: str, plugin: str | None = None) -> type[Model]:
@@ -158,8 +185,14 @@ def run_one(
                                  "kept_by_protocol": prepared.counts()}
             if data_fraction is not None:
                 record["dataset"]["prefix_fraction"] = data_fraction
+            checkpoint = None
+            if spec.checkpoint:
+                checkpoint = checkpoint_of(spec, meta["params"], dataset, protocol, data_fraction)
             result = evaluate(proc, prepared, protocol, epochs=spec.epochs, seed=spec.seed,
-                              progress=spec.progress, on_epoch=watch)
+                              progress=spec.progress, on_epoch=watch, checkpoint=checkpoint,
+                              resume=spec.resume)
+            if checkpoint is not None:
+                checkpoint.remove()  # the run is done: its record says what it found
     except _Stopped as exc:
         last = epochs[-1]["epoch"] if epochs else 0
         return {**record, "status": "pruned", "epochs": epochs,
@@ -189,6 +222,19 @@ def run_one(
     return record
 
 
+def checkpoint_of(spec: RunSpec, params: dict[str, Any], dataset: Any, protocol: Any,
+                  data_fraction: float | None = None) -> Checkpoint:
+    """The checkpoint of a run: next to its records, named by what makes it the same run."""
+    from harness.checkpoints import Checkpoint, run_key
+    from harness.records import run_dir
+
+    key = run_key({"model": spec.model, "plugin": spec.plugin, "params": params,
+                   "dataset": dataset.sha256(), "protocol": protocol.to_dict(), "seed": spec.seed,
+                   "epochs": spec.epochs, "data_fraction": data_fraction})
+    name = f"{spec.model}-seed{spec.seed}-{key}.checkpoint"
+    return Checkpoint(run_dir(spec.results, dataset.name, protocol.name) / name, key)
+
+
 def _skeleton(spec: RunSpec) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -212,47 +258,75 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def _worker(spec: RunSpec, queue: Any) -> None:
+def _worker(spec: RunSpec, conn: Any) -> None:
     if spec.threads:  # before torch or a BLAS library is imported in this fresh process
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[name] = str(spec.threads)
     try:
         path = write_record(run_one(spec), spec.results)
-        queue.put(str(path))
+        conn.send(str(path))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it
+        pass
     except BaseException as exc:  # report even a crash in writing
-        queue.put(f"error: {type(exc).__name__}: {exc}")
+        conn.send(f"error: {type(exc).__name__}: {exc}")
+
+
+class RunsInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_many`: ``done`` holds the records written, ``pending`` the runs
+    that did not finish (those with a checkpoint continue from it with ``resume``)."""
+
+    def __init__(self, done: list[Path], pending: list[RunSpec]) -> None:
+        super().__init__()
+        self.done = done
+        self.pending = pending
 
 
 def run_many(specs: list[RunSpec], *, isolate: bool = True) -> list[Path]:
     """Run every spec (each in a fresh process when ``isolate``) and write one record each.
 
-    Returns the record paths in the order of ``specs``.
+    Returns the record paths in the order of ``specs``; Ctrl-C raises :class:`RunsInterrupted`.
     """
     paths: list[Path] = []
-    for spec in specs:
-        if not isolate:
-            paths.append(write_record(run_one(spec), spec.results))
-            continue
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        process = context.Process(target=_worker, args=(spec, queue), daemon=True)
+    try:
+        for spec in specs:
+            paths.append(write_record(run_one(spec), spec.results) if not isolate else _isolated(spec))
+    except KeyboardInterrupt:
+        raise RunsInterrupted(paths, specs[len(paths):]) from None
+    return paths
+
+
+def _isolated(spec: RunSpec) -> Path:
+    """One run in a fresh process; its answer comes through a pipe (no semaphore to leak)."""
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_worker, args=(spec, writer), daemon=True)
+    try:
         process.start()
+        writer.close()
         process.join(spec.timeout)
         if process.is_alive():
             process.kill()
             process.join()
             record = _skeleton(spec)
             record.update(status="timeout", reason=f"stopped after the time limit of {spec.timeout:g} s")
-            paths.append(write_record(record, spec.results))
-            continue
-        try:
-            message = queue.get(timeout=10)
-        except queue_module.Empty:
-            message = f"error: exit status {process.exitcode}"
-        if message.startswith("error: "):
-            record = _skeleton(spec)
-            record.update(status="failed", reason=f"the worker process died ({message[7:]})")
-            paths.append(write_record(record, spec.results))
-        else:
-            paths.append(Path(message))
-    return paths
+            return write_record(record, spec.results)
+        message = reader.recv() if reader.poll(10) else f"error: exit status {process.exitcode}"
+    except KeyboardInterrupt:
+        # The run stops between two writes (a terminal's Ctrl-C reaches it too), or is killed
+        # after 10 s.
+        if process.is_alive() and process.pid:
+            os.kill(process.pid, signal.SIGINT)
+            process.join(10)
+        if process.is_alive():
+            process.kill()
+        process.join()
+        raise
+    except EOFError:
+        message = f"error: exit status {process.exitcode}"
+    finally:
+        reader.close()
+    if message.startswith("error: "):
+        record = _skeleton(spec)
+        record.update(status="failed", reason=f"the worker process died ({message[7:]})")
+        return write_record(record, spec.results)
+    return Path(message)

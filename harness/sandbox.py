@@ -326,6 +326,18 @@ class ModelProcess:
         except (TypeError, ValueError):
             raise ModelError(f"train_epoch() must return numbers as losses, got {losses!r}") from None
 
+    def checkpoint(self) -> np.ndarray:
+        """The model's state (model object and global random states), pickled by its process:
+        opaque bytes that only :meth:`restore` reads, in a model process."""
+        _, got = self._call({"op": "checkpoint"})
+        if "state" not in got or got["state"].dtype != np.int8:
+            raise ModelError("the model process answered a checkpoint request without its state")
+        return got["state"]
+
+    def restore(self, state: np.ndarray) -> None:
+        """Replace the model and the global random states by those of a :meth:`checkpoint`."""
+        self._call({"op": "restore"}, {"state": state})
+
     def step(self, block: Interactions, *, score: bool, state: bool = False,
              ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False) -> Step:
         """Score the block (if ``score``), then observe it, then predict states and the return

@@ -8,12 +8,18 @@ machines share one study through a database server.
 
 Trial accounting, the same for ``tune`` and ``grid``: a study asks for ``N`` trials in all. A
 trial *counts* when it is complete, pruned, failed by its own error, or running. A worker takes
-a new trial only while fewer than ``N`` count; on one machine that check and the creation of the
-trial happen under a file lock, so workers started together never overshoot. Without a shared
-lock (a database server), a trial whose number comes after ``N`` counted ones is told ``FAIL``
-at once, marked ``surplus`` and never run. A trial stopped by Ctrl-C, or left running by a worker
-of this machine that died, is marked ``interrupted``, stops counting, and is queued again with
-the same parameters, so that running the same command again resumes where it stopped.
+a new trial only while fewer than ``N`` count, and that check and the creation of the trial
+happen under a lock that every worker of the study holds in turn: a file lock beside a journal
+or SQLite file, a PostgreSQL advisory lock on a server (so workers on several machines never
+overshoot either). Only on other servers (MySQL), which have no such lock here, a trial whose
+number comes after ``N`` counted ones is told ``FAIL`` at once, marked ``surplus`` and never run.
+
+Workers that die: a trial stopped by Ctrl-C, or left running by a worker of this machine that
+is gone (its pid), or by a worker on a database server that stopped sending Optuna's heartbeat
+(``heartbeat`` seconds, stale after twice that), is marked ``interrupted``, stops counting, and
+is queued again with the same parameters; a live worker takes it. A worker whose share is done
+waits while other workers' trials run, so that it can retry one whose worker dies. Running the
+same command again resumes an interrupted study.
 
 Every trial writes a run record with ``record["tuning"] = {study, trial, storage, ...}``;
 pruned trials have status ``pruned``.
@@ -57,17 +63,35 @@ _METRIC_DIRECTION = {"mae": "minimize"}
 # -- storage ---------------------------------------------------------------------------------
 
 
+#: Seconds between a trial's heartbeats on a database server (a trial is stale after twice that).
+DEFAULT_HEARTBEAT = 10
+_POLL_SECONDS = 0.5
+#: Key of the PostgreSQL advisory lock that serialises the workers of a server ("harn").
+_ADVISORY_KEY = 0x6861726E
+
+
 @dataclass
 class StudyHandle:
-    """An opened Optuna storage, how to show it, and the lock that serialises local workers."""
+    """An opened Optuna storage, how to show it, and the lock that serialises its workers: a
+    file lock (``lock_path``) or a PostgreSQL advisory lock (``engine``), else none."""
 
     storage: Any
     display: str
     lock_path: Path | None
+    engine: Any = None
+
+    @property
+    def locked(self) -> bool:
+        """Whether :meth:`lock` really excludes the other workers."""
+        return self.lock_path is not None or self.engine is not None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the workers' lock (a no-op for a database server, see the module notes)."""
+        """Hold the workers' lock (a no-op for a server without one, see the module notes)."""
+        if self.engine is not None:
+            with _advisory_lock(self.engine):
+                yield
+            return
         if self.lock_path is None:
             yield
             return
@@ -82,13 +106,35 @@ class StudyHandle:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_storage(storage: str | None, results: str | Path = "results") -> StudyHandle:
+@contextlib.contextmanager
+def _advisory_lock(engine: Any) -> Iterator[None]:
+    """PostgreSQL's session advisory lock of the harness, held on a connection of ``engine``."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_KEY})
+            conn.commit()
+
+
+def open_storage(storage: str | None, results: str | Path = "results",
+                 heartbeat: int = DEFAULT_HEARTBEAT) -> StudyHandle:
     """Open ``storage``: ``None`` for ``RESULTS/optuna.journal``, a file path (a journal file, or
-    SQLite when it ends in ``.db``/``.sqlite``/``.sqlite3``), or an Optuna storage URL."""
+    SQLite when it ends in ``.db``/``.sqlite``/``.sqlite3``), or an Optuna storage URL
+    (``postgresql://user:password@host/db`` needs ``pip install "harness[postgres]"``). Trials on
+    a database send a heartbeat every ``heartbeat`` seconds."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
+    _quiet_optuna()
+    if heartbeat < 1:
+        raise UsageError(f"--heartbeat must be at least 1 second, got {heartbeat}")
+    beats: dict[str, Any] = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                             "heartbeat_stale_trial_callback": _stale}
     if storage is None:
         storage = str(Path(results) / DEFAULT_STORAGE_FILE)
     if storage.startswith("sqlite:///") or "://" not in storage and storage.endswith(
@@ -98,25 +144,53 @@ def open_storage(storage: str | None, results: str | Path = "results") -> StudyH
         path.parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{path}"
         # A long timeout lets local workers wait for SQLite's write lock instead of failing.
-        rdb = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        rdb = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}, **beats)
         return StudyHandle(rdb, url, path.parent / (path.name + ".harness-lock"))
     if storage.startswith("redis://"):
         from optuna.storages.journal import JournalRedisBackend
 
         return StudyHandle(JournalStorage(JournalRedisBackend(storage)), storage, None)
     if "://" in storage:
+        shown = _hide_password(storage)
+        scheme = storage.split("://", 1)[0]
+        if scheme == "postgres":
+            raise UsageError(f"--storage {shown}: write the URL as postgresql://user:password@host/"
+                             "database (the psycopg 3 driver of `pip install \"harness[postgres]\"`)")
+        if scheme == "postgresql" and not _importable("psycopg"):
+            raise UsageError(f"--storage {shown}: the PostgreSQL driver is not installed; "
+                             'pip install "harness[postgres]"')
         try:
-            return StudyHandle(RDBStorage(storage), _hide_password(storage), None)
+            engine = None
+            if scheme.startswith("postgresql"):  # workers started together: create the tables once
+                import sqlalchemy
+
+                engine = sqlalchemy.create_engine(storage, pool_pre_ping=True)
+            with _advisory_lock(engine) if engine is not None else contextlib.nullcontext():
+                rdb = RDBStorage(storage, engine_kwargs={"pool_pre_ping": True}, **beats)
         except (ImportError, ModuleNotFoundError, optuna.exceptions.OptunaError) as exc:
-            raise UsageError(f"--storage {_hide_password(storage)}: cannot open it ({exc}); "
+            raise UsageError(f"--storage {shown}: cannot open it ({exc}); "
                              "install the database driver or check the URL") from exc
         except Exception as exc:  # sqlalchemy's errors: a wrong URL or an unreachable server
-            raise UsageError(f"--storage {_hide_password(storage)}: cannot open it "
-                             f"({type(exc).__name__}: {exc})") from exc
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UsageError(f"--storage {shown}: cannot open it "
+                             f"({type(exc).__name__}: {first}); check the URL and that the "
+                             "server is running") from exc
+        return StudyHandle(rdb, shown, None, engine)
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = JournalFileBackend(str(path))
     return StudyHandle(JournalStorage(backend), str(path), path.parent / (path.name + ".harness-lock"))
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _stale(study: Any, trial: Any) -> None:
+    """Optuna's callback for a trial whose worker stopped sending heartbeats: queue it again."""
+    _interrupt(study, trial, "its worker stopped sending heartbeats")
 
 
 def _hide_password(url: str) -> str:
@@ -132,6 +206,8 @@ def _quiet_optuna() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # The harness drives trials with ask and tell and records their heartbeats itself (_heartbeat).
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 
 def load_or_create(
@@ -164,14 +240,25 @@ def _worker_id() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _counts(trial: Any) -> bool:
-    """Whether a trial uses up one of the study's requested trials (see the module notes)."""
+def _counts(trial: Any, retried: set[int]) -> bool:
+    """Whether a trial uses up one of the study's requested trials (see the module notes);
+    ``retried`` holds the numbers of the trials queued again (their retries count instead)."""
     from optuna.trial import TrialState
 
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     return trial.state == TrialState.FAIL and not (
-        trial.user_attrs.get("interrupted") or trial.user_attrs.get("surplus"))
+        trial.user_attrs.get("interrupted") or trial.user_attrs.get("surplus")
+        or trial.number in retried)
+
+
+def _retried(trials: list[Any]) -> set[int]:
+    return {int(t.user_attrs["retry_of"]) for t in trials if t.user_attrs.get("retry_of") is not None}
+
+
+def _counted(trials: list[Any]) -> int:
+    retried = _retried(trials)
+    return sum(_counts(t, retried) for t in trials)
 
 
 def _alive(pid: int) -> bool:
@@ -190,14 +277,16 @@ def _interrupt(study: Any, trial: Any, reason: str) -> None:
     from optuna.trial import TrialState
 
     storage = study._storage  # noqa: SLF001 - attributes of a trial another process left running
-    storage.set_trial_user_attr(trial._trial_id, "interrupted", reason)  # noqa: SLF001
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # failed for its heartbeat
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", reason)  # noqa: SLF001
     with contextlib.suppress(Exception):  # another worker may have finished it meanwhile
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
     system = {k: v for k, v in trial.system_attrs.items() if k in ("grid_id", "search_space")}
-    user = {k: v for k, v in trial.user_attrs.items() if k not in ("worker", "interrupted")}
+    user = {k: v for k, v in trial.user_attrs.items()
+            if k not in ("worker", "interrupted", "retry_reason")}
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-        user_attrs={**user, "retry_of": trial.number},
+        user_attrs={**user, "retry_of": trial.number, "retry_reason": reason},
         system_attrs={**system, "fixed_params": dict(trial.params)},
     ))
 
@@ -220,6 +309,35 @@ def _reap_stale(study: Any, locked: bool = True) -> None:
             _interrupt(study, trial, f"worker pid {worker.get('pid')} stopped while it ran")
 
 
+@contextlib.contextmanager
+def _heartbeat(study: Any, trial: Any) -> Iterator[None]:
+    """Record the trial's heartbeat on a database server while the block runs (a thread, as
+    Optuna's own ``optimize`` does), so that other workers can tell when this one dies."""
+    import threading
+
+    storage = study._storage  # noqa: SLF001 - the storage Optuna's heartbeat API works on
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a lost beat only risks a late retry
+                storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name="harness-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _drive(
     study: Any,
     handle: StudyHandle,
@@ -233,37 +351,52 @@ def _drive(
     """Take trials until ``n_trials`` count in the study (or ``timeout`` seconds passed); run each
     with ``run(trial) -> (TrialState, value)``. Returns how many this worker ran; stops with an
     error when ``max_failures`` trials in a row fail (a broken model or dataset)."""
+    import optuna
     from optuna.trial import TrialState
 
     started = time.monotonic()
     ran = failures = 0
     while timeout is None or time.monotonic() - started < timeout:
         with handle.lock():
-            _reap_stale(study, locked=handle.lock_path is not None)
+            optuna.storages.fail_stale_trials(study)  # heartbeats (database servers only)
+            _reap_stale(study, locked=handle.locked)
             trials = study.get_trials(deepcopy=False)
-            if sum(_counts(t) for t in trials) >= n_trials:
+            full = _counted(trials) >= n_trials
+            if not full:
+                study.sampler = make_sampler(len(trials))
+                trial = study.ask()
+                trial.set_user_attr("worker", _worker_id())
+        if full:
+            if not any(t.state == TrialState.RUNNING for t in trials):
                 break
-            study.sampler = make_sampler(len(trials))
-            trial = study.ask()
-            trial.set_user_attr("worker", _worker_id())
-        if handle.lock_path is None:
+            time.sleep(_POLL_SECONDS)  # another worker's trial may yet need a retry
+            continue
+        if not handle.locked:
             before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-            if sum(_counts(t) for t in before) >= n_trials:
+            if _counted(before) >= n_trials:
                 trial.set_user_attr("surplus", True)
                 study.tell(trial, state=TrialState.FAIL)
                 continue
         try:
-            state, value = run(trial)
+            with _heartbeat(study, trial):
+                state, value = run(trial)
+            if state == TrialState.COMPLETE:
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Other workers took this trial for dead (no heartbeat within the grace period) and
+            # queued it again: its retry counts, this result does not.
+            if log is not None:
+                log(f"trial {trial.number}: given up by other workers while it ran (no heartbeat "
+                    "for twice --heartbeat); its retry counts instead")
+            continue
         except KeyboardInterrupt:
             _interrupt(study, study._storage.get_trial(trial._trial_id), "interrupted by Ctrl-C")  # noqa: SLF001
             raise
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
-        if state == TrialState.COMPLETE:
-            study.tell(trial, value)
-        else:
-            study.tell(trial, state=state)
         ran += 1
         reason = study._storage.get_trial(trial._trial_id).user_attrs.get("reason")  # noqa: SLF001
         if log is not None:
@@ -454,6 +587,7 @@ def tune(
     metric: str | None = None,
     prune: bool = True,
     startup_trials: int = 2,
+    heartbeat: int = DEFAULT_HEARTBEAT,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a study of ``model``'s search space until it holds ``trials`` trials.
@@ -475,7 +609,8 @@ def tune(
     with ModelProcess.start(ModelRef(model, plugin)) as proc:
         return _tune(proc, ModelInfo(proc.meta), model, dataset, protocol, trials, timeout, storage,
                      study, results, seed, epochs, plugin, space_overrides=space,
-                     fixed=fixed, metric=metric, prune=prune, startup_trials=startup_trials, log=log)
+                     fixed=fixed, metric=metric, prune=prune, startup_trials=startup_trials,
+                     heartbeat=heartbeat, log=log)
 
 
 def _tune(
@@ -483,7 +618,7 @@ def _tune(
     timeout: float | None, storage: str | None, study: str | None, results: str, seed: int,
     epochs: int | None, plugin: str | None, *, space_overrides: list[Override] | None,
     fixed: dict[str, Any] | None, metric: str | None, prune: bool, startup_trials: int,
-    log: Callable[[str], None] | None,
+    heartbeat: int, log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     import optuna
 
@@ -509,7 +644,7 @@ def _tune(
     name = study or tune_study_name(model, dataset, protocol.get("name", "streaming"))
     config = {"kind": "tune", "model": model, "plugin": plugin, "dataset": dataset,
               "protocol": protocol, "epochs": epochs, "seed": seed, "metric": metric}
-    handle = open_storage(storage, results)
+    handle = open_storage(storage, results, heartbeat)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0)
               if prune else optuna.pruners.NopPruner())
 
@@ -529,7 +664,8 @@ def _tune(
         suggest = _SpaceTrial(trial, overrides, fixed)
         params = {**space.search_space(suggest), **fixed}
         spec = RunSpec(model=model, dataset=dataset, protocol=protocol, params=params, seed=seed,
-                       epochs=epochs, plugin=plugin, results=results)
+                       epochs=epochs, plugin=plugin, results=results,
+                       checkpoint=False)  # a trial is pruned on its epochs: it starts over
 
         def on_epoch(epoch: dict[str, Any]) -> None:
             value = epoch["valid"].get(metric)
@@ -580,8 +716,9 @@ def summarize(study: Any, handle: StudyHandle, ran: int = 0) -> dict[str, Any]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     out: dict[str, Any] = {
         "study": study.study_name, "storage": handle.display, "ran_here": ran,
-        "counted": sum(_counts(t) for t in trials), "states": {k: v for k, v in states.items() if v},
-        "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in trials),
+        "counted": _counted(trials), "states": {k: v for k, v in states.items() if v},
+        "interrupted": sum(t.state == TrialState.FAIL and not _counts(t, _retried(trials))
+                           and not t.user_attrs.get("surplus") for t in trials),
     }
     if complete:
         best = study.best_trial

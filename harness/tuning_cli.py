@@ -31,7 +31,13 @@ _PLOT_KINDS = ("training-fraction", "embedding-size", "epoch-time", "runtime", "
 def _storage_help() -> str:
     return ("Optuna storage: a journal file (default RESULTS/optuna.journal), a SQLite file "
             "(*.db), or a URL such as postgresql://user:pass@host/db shared by workers on "
-            "several machines")
+            'several machines (pip install "harness[postgres]")')
+
+
+def _add_heartbeat(p: Any) -> None:
+    p.add_argument("--heartbeat", type=int, default=10, metavar="S",
+                   help="on a database server, seconds between a trial's heartbeats; a trial "
+                   "silent for twice that is retried by another worker (default 10)")
 
 
 def add_commands(sub: Any) -> None:
@@ -67,6 +73,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--split", type=_split, metavar="TRAIN,VALID,TEST", help="split fractions")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--quiet", action="store_true", help="no line per trial")
+    _add_heartbeat(p)
     p.set_defaults(handler=cmd_tune)
 
     p = sub.add_parser(
@@ -92,6 +99,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--results", default="results")
     p.add_argument("--timeout", type=float, help="start no new run after this many seconds")
     p.add_argument("--quiet", action="store_true")
+    _add_heartbeat(p)
     p.set_defaults(handler=cmd_grid)
 
     p = sub.add_parser("plot", help="figures (PNG and PDF) from the run records")
@@ -123,7 +131,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         timeout=args.timeout, storage=args.storage, study=args.study, results=args.results,
         seed=args.seed, epochs=args.epochs, plugin=args.plugin,
         space=[parse_override(s) for s in args.space], fixed=dict(args.param), metric=args.metric,
-        prune=not args.no_prune, startup_trials=args.startup_trials, log=_log(args.quiet),
+        prune=not args.no_prune, startup_trials=args.startup_trials, heartbeat=args.heartbeat,
+        log=_log(args.quiet),
     )
     print_summary(summary)
     if summary.get("best"):
@@ -153,7 +162,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         epochs=args.epochs, params=params,
         protocol={"tie_policy": args.tie_policy, **({"preset": args.preset} if args.preset else {})},
         plugins=plugins, storage=args.storage, study=args.study, results=args.results,
-        timeout=args.timeout, log=_log(args.quiet),
+        timeout=args.timeout, heartbeat=args.heartbeat, log=_log(args.quiet),
     )
     states = ", ".join(f"{v} {k}" for k, v in summary["states"].items())
     print(f"study {summary['study']} ({summary['storage']}): {states}")

@@ -180,7 +180,8 @@ def test_a_killed_worker_is_resumed(tmp_path):
             trials = _study(tmp_path).trials
             states = [t.state.name for t in trials]
             if states.count("COMPLETE") + states.count("PRUNED") >= 1 and any(
-                    t.state.name == "RUNNING" and "worker" in t.user_attrs for t in trials):
+                    t.state.name == "RUNNING" and "worker" in t.user_attrs and len(t.params) == 2
+                    for t in trials):  # killed in its run, after the sampler chose its parameters
                 break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
