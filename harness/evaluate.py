@@ -512,7 +512,7 @@ def _evaluate(
     progress: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> Evaluation:
-    from tqdm import tqdm
+    from harness.progress import RunProgress, number
 
     protocol = protocol or Protocol()
     meta = proc.meta
@@ -527,22 +527,23 @@ def _evaluate(
     n_valid_blocks = sum(a < valid_end for a, _ in blocks)
     passes = iter(range(1, 1 << 30))
 
-    def bar(total: int, desc: str):
-        # disable=None: bars only when stderr is a terminal
-        return tqdm(total=total, desc=desc, unit="ev", disable=None if progress else True, leave=False,
-                    mininterval=0.5)
-
     def run_pass(probe: ModelProcess, start: int, stop: int, n_blocks: int, desc: str
                  ) -> tuple[_Collector, float]:
         auditor = _Auditor(protocol, seed, next(passes), n_blocks) if protocol.audits else None
-        with bar(stop - start, desc) as pb, one_core(probe) as spare:
+        with say.bar(desc, stop - start) as pb, one_core(probe) as spare:
             t0 = time.perf_counter()
             collected = _stream(probe, data, protocol, caps, start, stop, blocks, pb.update, auditor,
                                 spare)
             return collected, time.perf_counter() - t0
 
+    if not meta["iterative"] or not (epochs or meta["default_epochs"]):
+        n_epochs = 0
+    else:
+        n_epochs = epochs if epochs is not None else meta["default_epochs"]
+    say = RunProgress(meta["name"], seed, n_epochs, enabled=progress)
     tic = time.perf_counter()
-    proc.fit(data.train, seed=seed)
+    with say.training("fit") as on_progress:
+        proc.fit(data.train, seed=seed, on_progress=on_progress)
     setup_seconds = time.perf_counter() - tic
     epoch_records: list[dict[str, Any]] = []
     fit_samples: list[float] = []
@@ -552,28 +553,29 @@ def _evaluate(
     if protocol.name == "sessions" and "rank" not in caps:
         selection = "mae"
     sign = -1.0 if selection == "mae" else 1.0
-    if not meta["iterative"] or not (epochs or meta["default_epochs"]):
-        n_epochs = 0
-    else:
-        n_epochs = epochs if epochs is not None else meta["default_epochs"]
 
     if n_epochs == 0:
         probe = proc.fork()
         collected, seconds = run_pass(probe, 0, valid_end, n_valid_blocks, "valid")
         valid_samples.append(seconds)
         best = (0.0, 0, probe, collected)
+        value = collected.metrics(_VALID, protocol, []).get(selection)
+        say.say(f"fit {setup_seconds:.1f} s · valid {selection} {number(value)} · {seconds:.1f} s")
     for epoch in range(1, n_epochs + 1):
         t0 = time.perf_counter()
-        losses = proc.train_epoch()
+        with say.training(f"epoch {epoch}/{n_epochs}") as on_progress:
+            losses = proc.train_epoch(on_progress)
         fit_samples.append(time.perf_counter() - t0)
         probe = proc.fork()  # the pass runs in a copy: nothing it does reaches training
-        collected, seconds = run_pass(probe, 0, valid_end, n_valid_blocks, "valid")
+        collected, seconds = run_pass(probe, 0, valid_end, n_valid_blocks,
+                                      f"valid {epoch}/{n_epochs}")
         valid_samples.append(seconds)
         valid_metrics = collected.metrics(_VALID, protocol, [])
         value = valid_metrics.get(selection, math.nan)
         record = {"epoch": epoch, "fit_seconds": fit_samples[-1], "valid_seconds": seconds,
                   "losses": losses, "valid": _plain(valid_metrics)}
         epoch_records.append(record)
+        say.epoch(record, selection)
         if best is None or (not math.isnan(value)
                             and (math.isnan(best[0]) or sign * value > sign * best[0])):
             if best is not None:
@@ -586,6 +588,7 @@ def _evaluate(
         if epoch - best[1] >= protocol.patience:
             notes.append(f"early stop after epoch {epoch}: no better validation {selection} "
                          f"for {protocol.patience} epochs")
+            say.say(notes[-1] + f"; testing epoch {best[1]}")
             break
     assert best is not None
     if n_epochs and math.isnan(best[0]):
@@ -597,6 +600,8 @@ def _evaluate(
     probe.close()
     eval_seconds = valid_samples[best_epoch - 1 if n_epochs else 0] + test_seconds
     metrics = {name: collected.metrics(code, protocol, notes) for code, name in _SPLIT_NAMES.items()}
+    say.say(f"test {selection} {number(metrics['test'].get(selection))}"
+            + (f" (epoch {best_epoch})" if n_epochs else "") + f" · {test_seconds:.1f} s")
     fit_seconds = setup_seconds + sum(fit_samples)
     timing = {
         "fit_seconds": fit_seconds,

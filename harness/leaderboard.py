@@ -19,6 +19,7 @@ _COLUMNS = {
     "sessions": ["recall@5", "recall@10", "recall@20", "mrr@5", "mrr@10", "mrr@20", "mae"],
 }
 _LOWER_IS_BETTER = {"mae", "fit s/epoch", "eval s"}
+_HEADERS = {"mae": "mae (h)"}  # column headers with their units
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -33,21 +34,42 @@ def _label(record: dict[str, Any]) -> str:
 
 def _group_key(record: dict[str, Any]) -> tuple:
     protocol = record["protocol"]
-    return (record["dataset"]["name"], protocol.get("name"), protocol.get("tie_policy"),
+    return (_dataset_key(record), protocol.get("name"), protocol.get("tie_policy"),
             _label(record), json.dumps(record.get("params"), sort_keys=True))
+
+
+def _dataset_key(record: dict[str, Any]) -> str:
+    """A dataset is its content: one file reached by two paths, or by a path and its registered
+    name, is one dataset (records without a checksum fall back to the name)."""
+    dataset = record["dataset"]
+    return dataset.get("sha256") or dataset["name"]
+
+
+def _dataset_names(records: list[dict[str, Any]]) -> dict[str, str]:
+    """One name per dataset key: a registered name over a path, then the latest used."""
+    names: dict[str, list[str]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: r["run_id"]):
+        names[_dataset_key(record)].append(record["dataset"]["name"])
+    return {key: max(reversed(found), key=lambda n: "/" not in n and not n.endswith(".csv"))
+            for key, found in names.items()}
+
+
+def _matches(record: dict[str, Any], dataset: str) -> bool:
+    name = record["dataset"]["name"]
+    return dataset in (name, Path(name).stem, record["dataset"].get("sha256"))
 
 
 def leaderboard_rows(
     records: list[dict[str, Any]], dataset: str | None = None, protocol: str | None = None
 ) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     """Rows per (dataset, protocol, tie policy): the latest record per seed, aggregated."""
+    records = [r for r in records if not r.get("tuning")]  # trials belong to their studies
+    names = _dataset_names(records)
+    if dataset:
+        wanted = {_dataset_key(r) for r in records if _matches(r, dataset)}
+        records = [r for r in records if _dataset_key(r) in wanted]
     latest: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for record in sorted(records, key=lambda r: r["run_id"]):
-        if record.get("tuning"):
-            continue  # trials and grid points belong to their studies and figures
-        name = record["dataset"]["name"]
-        if dataset and dataset not in (name, Path(name).stem):
-            continue
         if protocol and record["protocol"].get("name") != protocol:
             continue
         latest[_group_key(record)][record["seed"]] = record
@@ -69,7 +91,7 @@ def leaderboard_rows(
         evals = [r["timing"]["eval_seconds"] for r in ok]
         if evals:
             row["eval s"] = evals
-        tables[key[:3]].append(row)
+        tables[(names[key[0]], *key[1:3])].append(row)
     return dict(tables)
 
 
@@ -127,9 +149,10 @@ def leaderboard(
                 line.append(text)
             line += [r["seeds"], r["status"]]
             table.append(line)
-        headers = ["model", *columns, "seeds", "status"]
+        headers = ["model", *(_HEADERS.get(c, c) for c in columns), "seeds", "status"]
         title = f"{ds} · protocol {proto} · ties {ties} · test split"
         body = tabulate(table, headers=headers, tablefmt={"latex": "latex_raw"}.get(fmt, fmt),
-                        disable_numparse=True)
+                        disable_numparse=True,
+                        colalign=["left", *["right"] * (len(columns) + 1), "left"])
         out.append(f"{title}\n\n{body}" if fmt != "latex" else f"% {title}\n{body}")
     return "\n\n".join(out) if out else "no run records match"

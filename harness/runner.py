@@ -143,6 +143,8 @@ def run_one(
             record["params"] = meta["params"]
             record["params_changed"] = meta["params_changed"]
             record["plugin"] = meta["class"]
+            if "device" in meta:  # torch models: the device the run computes on, the GPU's name
+                record["environment"]["device"] = meta["device"]
             dataset, stream = cache.dataset(spec.dataset, spec.progress)
             protocol = Protocol(**{"session_gap": dataset.session_gap, **spec.protocol})
             record["protocol"] = protocol.to_dict()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.api import Model
+from harness.api import Model, progress
 from harness.errors import UsageError
 from harness.interactions import Interactions
 from harness_gru4rec._batching import (
@@ -324,7 +324,7 @@ class GRU4Rec(Model):
         total, count = 0.0, 0
         width = min(self.batch_size, len(self._offsets) - 1)
         state = torch.zeros(self.layers, max(width, 0), self.hidden_size)
-        for step in session_parallel_batches(self._offsets, self.batch_size):
+        for step in progress(session_parallel_batches(self._offsets, self.batch_size)):
             if step.keep is not None:
                 state = state[:, torch.from_numpy(step.keep)]
             if step.reset.any():

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Model
+from harness.api import Model, progress
 from harness.errors import UsageError
 from harness.interactions import Interactions
 from harness_jodie._optim import StaticAdam
@@ -335,7 +335,7 @@ class JODIE(Model):
             raise UsageError("JODIE.train_epoch() was called before fit()")
         self._reset_state()
         totals = dict.fromkeys(("loss", "prediction", "user_drift", "item_drift", "state"), 0.0)
-        for w, plan in enumerate(self._plans):
+        for w, plan in enumerate(progress(self._plans, unit="window")):
             parts = self._train_window(plan, first=w == 0)
             for k, v in parts.items():
                 totals[k] += v

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from harness_rrn import Plan, log_gaps, plan_window, time_windows
 from torch import nn
 
-from harness.api import Model
+from harness.api import Model, progress
 from harness.errors import UsageError
 from harness.interactions import Interactions
 
@@ -301,7 +301,7 @@ class LatentCross(Model):
         self._reset_state()
         rng = np.random.default_rng([self._seed, self._epochs])
         totals = {"loss": 0.0, "ranking": 0.0, "state": 0.0}
-        for plan in self._plans:
+        for plan in progress(self._plans, unit="window"):
             for k, v in self._train_window(plan, rng).items():
                 totals[k] += v
         self._epochs += 1

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Model
+from harness.api import Model, progress
 from harness.errors import UsageError
 from harness.interactions import Interactions
 
@@ -325,7 +325,7 @@ class RecurrentRecommender(Model):
         need_in = self._use_state and self._time_aware
         ctx = contextlib.nullcontext() if update else torch.no_grad()
         with ctx:
-            for s in range(0, steps, self.bptt):
+            for s in progress(range(0, steps, self.bptt), unit="window"):
                 e = min(s + self.bptt, steps)
                 p = self._p32()
                 xg = F.embedding(inp_g[s:e], p["x_table"]) + p["b"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Model
+from harness.api import Model, progress
 from harness.errors import UsageError
 from harness.interactions import Interactions
 from harness_rrn._tbatch import Plan, item_patches, log_gaps, plan_window, time_windows
@@ -350,7 +350,7 @@ class RRN(Model):
         self._reset_state()
         rng = np.random.default_rng([self._seed, self._epochs])
         totals = {"loss": 0.0, "ranking": 0.0, "state": 0.0}
-        for plan in self._plans:
+        for plan in progress(self._plans, unit="window"):
             for k, v in self._train_window(plan, rng).items():
                 totals[k] += v
         self._epochs += 1
