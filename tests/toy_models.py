@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from harness.api import Model
+import harness.api
+from harness.api import Model, progress
 
 
 class Counts(Model):
@@ -92,10 +93,22 @@ class Scripted(Counts):
 
     def train_epoch(self):
         self.epoch_ += 1
+        for _ in progress(range(4)):  # four "batches", counted for the progress bar
+            pass
         return {"loss": 1.0 / self.epoch_}
 
     def score(self, block):
         return self.script[self.epoch_ - 1] * super().score(block)
+
+
+class Miscounting(Scripted):
+    """Sends the evaluator a count that no :func:`harness.api.progress` would send."""
+
+    def train_epoch(self):
+        hook = harness.api._progress_hook
+        if hook is not None:
+            hook(-1, None, "batch")
+        return super().train_epoch()
 
 
 class ConstantReturn(Model):
