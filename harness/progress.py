@@ -34,10 +34,14 @@ class RunProgress:
         """A bar for ``fit`` or one epoch; yields the ``on_progress`` callback for the model's
         counts (see :func:`harness.api.progress`)."""
         with self.bar(desc, unit="batch") as bar:
+            if bar.disable:  # no terminal, or --quiet: the counts are not needed
+                yield None
+                return
 
             def update(done: int, total: int | None, unit: str) -> None:
                 if bar.total != total or bar.unit != unit:
                     bar.total, bar.unit = total, unit
+                    bar.refresh()
                 bar.update(done - bar.n)
 
             yield update

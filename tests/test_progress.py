@@ -55,3 +55,38 @@ def test_quiet_says_nothing_during_the_run(tmp_path, capsys):
     assert main(["run", "--plugin", "toy_models:Scripted", "--models", "scripted", "--epochs", "2",
                  "--results", str(tmp_path), "--in-process", "--quiet"]) == 0
     assert "epoch 1/2" not in capsys.readouterr().err
+
+
+def test_on_a_terminal_the_bar_counts_the_models_batches(tmp_path):
+    """The same run on a pseudo-terminal: tqdm bars named by model, seed and epoch, counting the
+    batches the model's process reports."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the command line on the terminal
+        os.execve(sys.executable, [sys.executable, "-m", "harness.cli", "run", "--plugin",
+                                   "toy_models:Scripted", "--models", "scripted", "--epochs", "2",
+                                   "--param", "scripted.pause=0.4", "--results", str(tmp_path), "--in-process"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    text = out.decode(errors="replace")
+    assert os.WEXITSTATUS(status) == 0, text[-2000:]
+    assert "scripted seed 0 epoch 1/2" in text and "/4 [" in text and "batch/s" in text
+    assert "scripted seed 0 valid 1/2" in text and "ev" in text

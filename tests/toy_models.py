@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 
@@ -83,9 +84,11 @@ class Scripted(Counts):
     iterative = True
     default_epochs = 3
 
-    def __init__(self, *, script: tuple = (0, 1, -1, -1, -1, -1, -1), prior: float = 0.0) -> None:
+    def __init__(self, *, script: tuple = (0, 1, -1, -1, -1, -1, -1), prior: float = 0.0,
+                 pause: float = 0.0) -> None:
         self.script = script
         self.prior = prior
+        self.pause = pause  # seconds per "batch" of train_epoch
 
     def fit(self, train, *, seed=0):
         super().fit(train, seed=seed)
@@ -94,7 +97,7 @@ class Scripted(Counts):
     def train_epoch(self):
         self.epoch_ += 1
         for _ in progress(range(4)):  # four "batches", counted for the progress bar
-            pass
+            time.sleep(self.pause)
         return {"loss": 1.0 / self.epoch_}
 
     def score(self, block):
