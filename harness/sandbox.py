@@ -411,7 +411,7 @@ class ModelProcess:
                     and len(unit) <= 20):
                 raise ModelError(f"the model process sent a malformed progress count {header!r}")
             if on_progress is not None:
-                on_progress(done, total, unit)
+                on_progress(int(done), total, str(unit))
 
     def _check(self, header: dict[str, Any]) -> dict[str, Any]:
         """The header of a successful answer; an error answer raised as the error it reports."""

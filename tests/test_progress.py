@@ -69,7 +69,8 @@ def test_on_a_terminal_the_bar_counts_the_models_batches(tmp_path):
     from pathlib import Path
 
     tests = Path(__file__).resolve().parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
     pid, fd = pty.fork()
     if pid == 0:  # the child: the command line on the terminal
         os.execve(sys.executable, [sys.executable, "-m", "harness.cli", "run", "--plugin",
