@@ -406,12 +406,12 @@ class ModelProcess:
             header, arrays = self._receive()
             if "progress" not in header or "ok" in header:
                 return self._check(header), arrays
-            done, total, unit = header.get("progress"), header.get("total"), header.get("unit")
+            done, total, unit = header["progress"], header.get("total"), header.get("unit")
             if not (_count(done) and (total is None or _count(total)) and isinstance(unit, str)
                     and len(unit) <= 20):
                 raise ModelError(f"the model process sent a malformed progress count {header!r}")
             if on_progress is not None:
-                on_progress(int(done), total, str(unit))
+                on_progress(done, total, unit)
 
     def _check(self, header: dict[str, Any]) -> dict[str, Any]:
         """The header of a successful answer; an error answer raised as the error it reports."""

@@ -75,7 +75,8 @@ def test_on_a_terminal_the_bar_counts_the_models_batches(tmp_path):
     if pid == 0:  # the child: the command line on the terminal
         os.execve(sys.executable, [sys.executable, "-m", "harness.cli", "run", "--plugin",
                                    "toy_models:Scripted", "--models", "scripted", "--epochs", "2",
-                                   "--param", "scripted.pause=0.4", "--results", str(tmp_path), "--in-process"], env)
+                                   "--param", "scripted.pause=0.4", "--results", str(tmp_path),
+                                   "--in-process"], env)
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     out = b""
     while True:
