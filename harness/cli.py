@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.leaderboard import leaderboard
     from harness.records import load_records
     from harness.registry import default_registry
-    from harness.runner import RunSpec, run_many
+    from harness.runner import Interrupted, RunSpec, run_many
     from harness.sandbox import ModelRef, describe_model
 
     plugins = {target.rpartition(":")[2].lower(): target for target in args.plugin}
@@ -170,13 +170,24 @@ def cmd_run(args: argparse.Namespace) -> int:
                 timeout=args.timeout, progress=not args.quiet)
         for name in models for seed in args.seeds
     ]
-    paths = run_many(specs, isolate=not args.in_process)
+    try:
+        paths = run_many(specs, isolate=not args.in_process)
+    except Interrupted as stop:
+        done = _finished(load_records(args.results), stop.paths, args.results)
+        print(f"\nharness: stopped {stop.running.model} seed {stop.running.seed}, which leaves no "
+              f"record; {done}", file=sys.stderr)
+        raise
     records = [r for r in load_records(args.results) if r["_path"] in {str(p) for p in paths}]
     print(leaderboard(records, fmt=args.format))
-    print(f"\n{_plural(len(records), 'run record')} in {args.results}/:", file=sys.stderr)
-    for record in records:
-        print(f"  {_summary(record)}", file=sys.stderr)
+    print("\n" + _finished(records, paths, args.results), file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def _finished(records: list[dict[str, Any]], paths: list, results: str) -> str:
+    """``2 run records in results/:`` and one line per finished run."""
+    mine = [r for r in records if r["_path"] in {str(p) for p in paths}]
+    return "\n".join([f"{_plural(len(mine), 'run record')} in {results}/" + (":" if mine else ""),
+                      *(f"  {_summary(r)}" for r in mine)])
 
 
 def _plural(n: int, noun: str) -> str:

@@ -13,6 +13,8 @@ import multiprocessing
 import os
 import queue as queue_module
 import resource
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
     from harness.api import Model
 from harness.records import SCHEMA_VERSION, environment, new_run_id, write_record
 
-__all__ = ["RunSpec", "StreamCache", "build_model", "resolve_model", "run_many", "run_one"]
+__all__ = ["Interrupted", "RunSpec", "StreamCache", "build_model", "resolve_model", "run_many",
+           "run_one"]
 
 
 @dataclass
@@ -211,6 +214,10 @@ def _peak_rss_mb() -> float:
 
 
 def _worker(spec: RunSpec, queue: Any) -> None:
+    # Ctrl-C is the parent's to handle; it ends this process with SIGTERM, which exits cleanly
+    # (the model's processes and tqdm's semaphore are released, nothing is left behind)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if spec.threads:  # before torch or a BLAS library is imported in this fresh process
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[name] = str(spec.threads)
@@ -221,36 +228,59 @@ def _worker(spec: RunSpec, queue: Any) -> None:
         queue.put(f"error: {type(exc).__name__}: {exc}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_many`: ``paths`` holds the records of the runs that finished,
+    ``running`` the spec that was stopped (it leaves no record)."""
+
+    def __init__(self, paths: list[Path], running: RunSpec) -> None:
+        super().__init__()
+        self.paths = paths
+        self.running = running
+
+
 def run_many(specs: list[RunSpec], *, isolate: bool = True) -> list[Path]:
     """Run every spec (each in a fresh process when ``isolate``) and write one record each.
 
-    Returns the record paths in the order of ``specs``.
+    Returns the record paths in the order of ``specs``. Ctrl-C stops the running run's process
+    and raises :class:`Interrupted`.
     """
     paths: list[Path] = []
     for spec in specs:
-        if not isolate:
-            paths.append(write_record(run_one(spec), spec.results))
-            continue
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        process = context.Process(target=_worker, args=(spec, queue), daemon=True)
-        process.start()
+        try:
+            paths.append(_run_isolated(spec) if isolate else write_record(run_one(spec), spec.results))
+        except KeyboardInterrupt:
+            raise Interrupted(paths, spec) from None
+    return paths
+
+
+def _run_isolated(spec: RunSpec) -> Path:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_worker, args=(spec, queue), daemon=True)
+    process.start()
+    try:
         process.join(spec.timeout)
         if process.is_alive():
             process.kill()
             process.join()
             record = _skeleton(spec)
             record.update(status="timeout", reason=f"stopped after the time limit of {spec.timeout:g} s")
-            paths.append(write_record(record, spec.results))
-            continue
+            return write_record(record, spec.results)
         try:
             message = queue.get(timeout=10)
         except queue_module.Empty:
             message = f"error: exit status {process.exitcode}"
-        if message.startswith("error: "):
-            record = _skeleton(spec)
-            record.update(status="failed", reason=f"the worker process died ({message[7:]})")
-            paths.append(write_record(record, spec.results))
-        else:
-            paths.append(Path(message))
-    return paths
+    finally:  # also on Ctrl-C: the worker (and with it the model's process) ends here
+        if process.is_alive():
+            process.terminate()
+            process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        queue.close()
+        queue.join_thread()
+    if message.startswith("error: "):
+        record = _skeleton(spec)
+        record.update(status="failed", reason=f"the worker process died ({message[7:]})")
+        return write_record(record, spec.results)
+    return Path(message)
