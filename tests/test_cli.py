@@ -159,3 +159,14 @@ def test_a_malformed_file_is_one_line_exit_2_and_no_record(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1
     assert f"{bad}:3: timestamp 'abc' is not a number" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_only_the_harness_own_warnings_read_as_the_harness():
+    from harness.cli import _one_line_warning
+    from harness.data import DataOrderWarning
+
+    ours = _one_line_warning("events were sorted", DataOrderWarning, "/x/harness/data/jodie.py", 9)
+    assert ours == "harness: warning: events were sorted\n"
+    theirs = _one_line_warning("`x` is deprecated", DeprecationWarning, "/site/scipy/stats.py", 12)
+    assert not theirs.startswith("harness") and theirs == (
+        "/site/scipy/stats.py:12: DeprecationWarning: `x` is deprecated\n")
