@@ -6,6 +6,9 @@
 # newcomer would have met; the script stops at the first one that fails. About a minute.
 #
 #   tests/first_hour.sh                 (Wikipedia from ../shared/data/, or WIKIPEDIA=path)
+#   FRESH_VENV=1 tests/first_hour.sh    first a fresh venv in the copy, installed with the
+#                                       README's commands (minutes more); TORCH_INSTALL replaces
+#                                       the README's torch line where PyTorch's index is out of reach
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/first-hour.XXXXXX")
@@ -23,6 +26,16 @@ mkdir "$WORK/clone"
 cd "$WORK/clone"
 git init -q && git add -A && git -c user.name=first -c user.email=hour@example.org commit -qm clone
 export HARNESS_DATA="$WORK/data"  # the hour's downloads and caches, nowhere else
+if [[ ${FRESH_VENV:-} == 1 ]]; then
+    step "a fresh venv, installed with the README's commands"
+    readme_install=$(sed -n '/^## Set up and run/,/^harness run$/p' README.md | grep '^pip install')
+    python3 -m venv .venv && . .venv/bin/activate
+    while read -r line; do
+        [[ $line == "pip install torch"* && -n ${TORCH_INSTALL:-} ]] && line=$TORCH_INSTALL
+        step "  $line"
+        $line -q > "$LOGS/install.txt" 2>&1 || fail "$line: $(tail -5 "$LOGS/install.txt")"
+    done <<< "$readme_install"
+fi
 umask 022
 
 step "the data: a registered name, as the README says"
