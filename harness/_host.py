@@ -9,10 +9,13 @@ is trusted: the evaluator checks every answer on its own side.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
+import time
 import traceback
+from collections.abc import Iterator
 from multiprocessing.reduction import recv_handle
 from typing import Any
 
@@ -44,16 +47,41 @@ class _Host:
             cls = resolve_model(header["name"], header.get("plugin"))
             self.model = build_model(cls, dict(header.get("params") or {}), header["name"])
         self.meta = model_meta(cls, self.model, header["name"])
+        if "device" in self.meta["params"]:
+            self.meta["device"] = _device_info(self.meta["params"]["device"])
         return {"meta": self.meta}
 
     def fit(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         if header.get("stream_summary") is not None:
             self.model.use_stream_summary(dict(header["stream_summary"]))
-        self.model.fit(_block(header, arrays), seed=int(header["seed"]))
+        with self._progress():
+            self.model.fit(_block(header, arrays), seed=int(header["seed"]))
         return {}
 
     def train_epoch(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-        return {"losses": dict(self.model.train_epoch() or {})}
+        with self._progress():
+            return {"losses": dict(self.model.train_epoch() or {})}
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[None]:
+        """While the block runs, :func:`harness.api.progress` sends its counts to the evaluator
+        (frames before the reply, at most five a second, and the last count)."""
+        import harness.api
+
+        assert self.conn is not None
+        conn, last = self.conn, [0.0]
+
+        def send_count(done: int, total: int | None, unit: str) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.2 or done == total:
+                last[0] = now
+                send(conn, {"progress": done, "total": total, "unit": unit})
+
+        harness.api._progress_hook = send_count
+        try:
+            yield
+        finally:
+            harness.api._progress_hook = None
 
     def sync(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         return {}
@@ -178,6 +206,19 @@ def _block(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Interaction
         columns["features"] = features
     return Interactions(**columns, n_users=int(header["n_users"]), n_items=int(header["n_items"]),
                         name="block")
+
+
+def _device_info(device: Any) -> dict[str, Any]:
+    """The device a ``device`` parameter resolves to here, with the GPU's name."""
+    from harness.api import resolve_device
+
+    used = resolve_device(str(device))
+    gpu = None
+    if used.type == "cuda":
+        import torch
+
+        gpu = torch.cuda.get_device_name(used)
+    return {"requested": str(device), "used": str(used), "gpu": gpu}
 
 
 def _error(exc: BaseException) -> dict[str, Any]:

@@ -9,15 +9,65 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from harness.interactions import Interactions
 
-__all__ = ["CAPABILITIES", "Dataset", "Metric", "Model"]
+__all__ = ["CAPABILITIES", "Dataset", "Metric", "Model", "progress", "resolve_device"]
 
 CAPABILITIES = frozenset({"rank", "state", "return_time"})
+_T = TypeVar("_T")
+#: Set by the model's process while ``fit`` or ``train_epoch`` runs: ``hook(done, total, unit)``.
+_progress_hook: Callable[[int, int | None, str], None] | None = None
+
+
+def progress(iterable: Iterable[_T], total: int | None = None, unit: str = "batch") -> Iterator[_T]:
+    """Yield the items of ``iterable`` while the harness shows how many are done.
+
+    Wrap the loop over batches (or windows, or users) of :meth:`Model.fit` or
+    :meth:`Model.train_epoch` in it: the evaluator draws a progress bar of the epoch from these
+    counts (the model's process only sends them, at most a few times a second). ``total``
+    defaults to ``len(iterable)`` when it has one. Outside a run, and in any other method, it
+    yields the items and nothing else.
+    """
+    hook = _progress_hook
+    if hook is None:
+        yield from iterable
+        return
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    hook(0, total, unit)
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        hook(done, total, unit)
+
+
+def resolve_device(device: str) -> Any:
+    """The ``torch.device`` for a model's ``device`` parameter: ``auto`` is the first GPU when
+    torch sees one, else the CPU; ``cpu``, ``cuda``, ``cuda:N`` and any other torch device name
+    are taken as they are. Asking for a GPU that torch does not see is a
+    :class:`~harness.errors.UsageError` that says so."""
+    import torch
+
+    from harness.errors import UsageError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"device {device!r} is not a torch device ({exc}); use auto, cpu or "
+                         "cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r}: torch sees no GPU here (torch {torch.__version__}, "
+                         f"built {'with' if torch.version.cuda else 'without'} CUDA); use "
+                         "--device auto or cpu, or install a CUDA build of torch")
+    return resolved
 
 
 class Model(ABC):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="github", choices=["github", "latex", "plain"])
     p.add_argument("--in-process", action="store_true",
                    help="evaluate in this process (models still run in their own)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
+    p.add_argument("--device", help="torch models: auto (a GPU when torch sees one, the default), "
+                   "cpu, cuda or cuda:N")
     p.add_argument("--params", choices=["best"],
                    help="best: each model's parameters from the best trial of its `harness tune` "
                    "study tune-MODEL-DATASET-PROTOCOL (--param still overrides)")
@@ -181,9 +184,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                              results=args.results, storage=args.storage, study=args.params_from,
                              plugins=plugins, log=lambda line: print(line, file=sys.stderr))
         params = {name: {**tuned.get(name, {}), **params[name]} for name in models}
+    if args.device not in (None, "auto", "cpu"):
+        from harness.api import resolve_device
+
+        resolve_device(args.device)  # no GPU: one line now, not a failed run per model
     for name in models:  # unknown names, parameters and capabilities fail before anything runs
         info = describe_model(ModelRef(name, plugins.get(name), params[name]))  # in its own process
         check_compatible(info.capabilities, protocol_name, name)
+        if args.device and "device" in info.param_names():
+            params[name].setdefault("device", args.device)  # --param MODEL.device=... wins
     from harness.data import open_dataset
 
     # a bad name or a malformed file fails here, before any run; workers then load from the cache
@@ -232,8 +241,30 @@ def _report(records: list[dict[str, Any]], paths: set[str], args: argparse.Names
             print(f"harness: {record['model']} (seed {record['seed']}) {record['status']}: "
                   f"{record.get('reason', '')}", file=sys.stderr)
     print(leaderboard(records, fmt=args.format))
-    print(f"\n{len(records)} run records in {args.results}/", file=sys.stderr)
+    print("\n" + _finished(records, paths, args.results), file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def _finished(records: list[dict[str, Any]], paths: Iterable[Any], results: str) -> str:
+    """``2 run records in results/:`` and one line per finished run."""
+    mine = [r for r in records if r["_path"] in {str(p) for p in paths}]
+    return "\n".join([f"{_plural(len(mine), 'run record')} in {results}/" + (":" if mine else ""),
+                      *(f"  {_summary(r)}" for r in mine)])
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _summary(record: dict[str, Any]) -> str:
+    """``jodie seed 0: ok, 12 epochs (best 7), 95.3 s`` or the status and its reason."""
+    head = f"{record['model']} seed {record['seed']}: {record['status']}"
+    if record["status"] != "ok":
+        return f"{head}: {record.get('reason', '')}"
+    epochs = len(record.get("epochs") or [])
+    done = f", {_plural(epochs, 'epoch')} (best {record.get('best_epoch')})" if epochs else ""
+    wall = record.get("timing", {}).get("wall_seconds")
+    return head + done + (f", {wall:.1f} s" if wall is not None else "")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -267,7 +298,11 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "v
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"harness: warning: {message}\n"
+    """The harness's own warnings as ``harness: warning: ...``; a library's (a deprecation in
+    scipy) keeps its origin, so that nobody takes it for the harness's."""
+    if category.__module__.split(".")[0] == "harness":
+        return f"harness: warning: {message}\n"
+    return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `harness ... | head`: the reader has gone, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -713,7 +713,7 @@ def _evaluate(
     checkpoint: Checkpoint | None = None,
     resume: bool = False,
 ) -> Evaluation:
-    from tqdm import tqdm
+    from harness.progress import RunProgress, number
 
     protocol = protocol or Protocol()
     meta = proc.meta
@@ -730,25 +730,21 @@ def _evaluate(
     valid_end = int(in_valid[-1]) + 1 if in_valid.size else 0
     passes = iter(range(1, 1 << 30))
 
-    def bar(total: int, desc: str):
-        # disable=None: bars only when stderr is a terminal
-        return tqdm(total=total, desc=desc, unit="ev", disable=None if progress else True, leave=False,
-                    mininterval=0.5)
-
     def run_pass(probe: ModelProcess, part: Prepared, part_blocks: list[tuple[int, int]],
                  start: int, stop: int, desc: str, number: int | None = None
                  ) -> tuple[_Collector, float]:
         n_blocks = sum(a < stop and b > start for a, b in part_blocks)
         number = next(passes) if number is None else number
         auditor = _Auditor(protocol, seed, number, n_blocks) if protocol.audits else None
-        with bar(stop - start, desc) as pb, one_core(probe) as spare:
+        with say.bar(desc, stop - start) as pb, one_core(probe) as spare:
             t0 = time.perf_counter()
             collected = _stream(probe, part, protocol, caps, start, stop, part_blocks, pb.update,
                                 auditor, spare)
             return collected, time.perf_counter() - t0
 
-    def validate(probe: ModelProcess, number: int | None = None) -> tuple[_Collector, float]:
-        return run_pass(probe, data, blocks, 0, valid_end, "valid", number)
+    def validate(probe: ModelProcess, number: int | None = None, desc: str = "valid"
+                 ) -> tuple[_Collector, float]:
+        return run_pass(probe, data, blocks, 0, valid_end, desc, number)
 
     if not meta["iterative"] or not (epochs or meta["default_epochs"]):
         n_epochs = 0
@@ -767,11 +763,13 @@ def _evaluate(
     sign = -1.0 if selection.startswith("mae") else 1.0
     handed = data.summary if protocol.stream_summary else None
     pristine = proc.fork() if protocol.refit else None  # never fitted: refit starts from it
+    say = RunProgress(meta["name"], seed, n_epochs, enabled=progress)
     try:
         tic = time.perf_counter()
         first_epoch = 1
         if saved is None:
-            proc.fit(data.train, seed=seed, stream_summary=handed)
+            with say.training("fit") as on_progress:
+                proc.fit(data.train, seed=seed, stream_summary=handed, on_progress=on_progress)
         else:  # the best epoch's validation pass is replayed: same pass number, same audits
             header, states = saved
             epoch_records, best_epoch = list(header["epochs"]), int(header["best_epoch"])
@@ -797,12 +795,15 @@ def _evaluate(
             collected, seconds = validate(probe) if valid_end else (_Collector(), 0.0)
             valid_samples += [seconds] if valid_end else []
             best = (0.0, 0, probe, collected)
+            value = collected.metrics(_VALID, protocol, []).get(selection) if valid_end else None
+            say.say(f"fit {setup_seconds:.1f} s · valid {selection} {number(value)} · {seconds:.1f} s")
         stopped = bool(valid_end) and best is not None and first_epoch - 1 - best[1] >= protocol.patience
         for epoch in range(first_epoch, n_epochs + 1):
             if stopped:
                 break
             t0 = time.perf_counter()
-            losses = proc.train_epoch()
+            with say.training(f"epoch {epoch}/{n_epochs}") as on_progress:
+                losses = proc.train_epoch(on_progress)
             fit_samples.append(time.perf_counter() - t0)
             record = {"epoch": epoch, "fit_seconds": fit_samples[-1], "losses": losses}
             if not valid_end:  # nothing to select on: the last epoch is tested
@@ -810,7 +811,7 @@ def _evaluate(
                 best = (math.nan, epoch, None, _Collector())
             else:
                 probe = proc.fork()  # the pass runs in a copy: nothing it does reaches training
-                collected, seconds = validate(probe)
+                collected, seconds = validate(probe, desc=f"valid {epoch}/{n_epochs}")
                 valid_samples.append(seconds)
                 valid_metrics = collected.metrics(_VALID, protocol, [])
                 value = valid_metrics.get(selection, math.nan)
@@ -824,6 +825,7 @@ def _evaluate(
                 else:
                     probe.close()
             epoch_records.append(record)
+            say.epoch(record, selection)
             assert best is not None
             if checkpoint is not None:
                 t0 = time.perf_counter()
@@ -847,6 +849,7 @@ def _evaluate(
         if stopped:
             notes.append(f"early stop after epoch {len(epoch_records)}: no better validation "
                          f"{selection} for {protocol.patience} epochs")
+            say.say(notes[-1] + f"; testing epoch {best[1] if best else '?'}")
         assert best is not None
         _, best_epoch, best_probe, collected = best
         probe = best_probe if best_probe is not None else proc.fork()
@@ -883,6 +886,8 @@ def _evaluate(
     best_valid = valid_samples[best_epoch - 1 if n_epochs else 0] if valid_samples else 0.0
     eval_seconds = best_valid + test_seconds
     metrics = {name: collected.metrics(code, protocol, notes) for code, name in _SPLIT_NAMES.items()}
+    say.say(f"test {selection} {number(metrics['test'].get(selection))}"
+            + (f" (epoch {best_epoch})" if n_epochs else "") + f" · {test_seconds:.1f} s")
     fit_seconds = setup_seconds + sum(fit_samples)
     timing = {
         "fit_seconds": fit_seconds,

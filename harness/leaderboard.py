@@ -52,21 +52,42 @@ def _protocol_label(protocol: dict[str, Any]) -> str:
 
 def _group_key(record: dict[str, Any]) -> tuple:
     protocol = record["protocol"]
-    return (record["dataset"]["name"], _protocol_label(protocol), protocol.get("tie_policy"),
+    return (_dataset_key(record), _protocol_label(protocol), protocol.get("tie_policy"),
             _label(record), json.dumps(record.get("params"), sort_keys=True))
+
+
+def _dataset_key(record: dict[str, Any]) -> str:
+    """A dataset is its content: one file reached by two paths, or by a path and its registered
+    name, is one dataset (records without a checksum fall back to the name)."""
+    dataset = record["dataset"]
+    return dataset.get("sha256") or dataset["name"]
+
+
+def _dataset_names(records: list[dict[str, Any]]) -> dict[str, str]:
+    """One name per dataset key: a registered name over a path, then the latest used."""
+    names: dict[str, list[str]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: r["run_id"]):
+        names[_dataset_key(record)].append(record["dataset"]["name"])
+    return {key: max(reversed(found), key=lambda n: "/" not in n and not n.endswith(".csv"))
+            for key, found in names.items()}
+
+
+def _matches(record: dict[str, Any], dataset: str) -> bool:
+    name = record["dataset"]["name"]
+    return dataset in (name, Path(name).stem, record["dataset"].get("sha256"))
 
 
 def leaderboard_rows(
     records: list[dict[str, Any]], dataset: str | None = None, protocol: str | None = None
 ) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     """Rows per (dataset, protocol, tie policy): the latest record per seed, aggregated."""
+    records = [r for r in records if not r.get("tuning")]  # trials belong to their studies
+    names = _dataset_names(records)
+    if dataset:
+        wanted = {_dataset_key(r) for r in records if _matches(r, dataset)}
+        records = [r for r in records if _dataset_key(r) in wanted]
     latest: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for record in sorted(records, key=lambda r: r["run_id"]):
-        if record.get("tuning"):
-            continue  # trials and grid points belong to their studies and figures
-        name = record["dataset"]["name"]
-        if dataset and dataset not in (name, Path(name).stem):
-            continue
         if protocol and record["protocol"].get("name") != protocol:
             continue
         latest[_group_key(record)][record["seed"]] = record
@@ -89,7 +110,7 @@ def leaderboard_rows(
         evals = [r["timing"]["eval_seconds"] for r in ok]
         if evals:
             row["eval s"] = evals
-        tables[key[:3]].append(row)
+        tables[(names[key[0]], *key[1:3])].append(row)
     return dict(tables)
 
 
@@ -219,7 +240,8 @@ def leaderboard(
         headers = ["model", *[_header(c, proto) for c in columns], "seeds", "status"]
         title = f"{ds} · protocol {proto} · ties {ties} · test split"
         body = tabulate(table, headers=headers, tablefmt={"latex": "latex_raw"}.get(fmt, fmt),
-                        disable_numparse=True)
+                        disable_numparse=True,
+                        colalign=["left", *["right"] * (len(columns) + 1), "left"])
         notes = _notes(proto, columns, (bold, tied, unknown))
         if fmt == "latex":
             out.append(f"% {title}\n{body}\n" + "\n".join(f"% {n}" for n in notes))

@@ -7,7 +7,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import uuid
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -75,16 +74,9 @@ def environment() -> dict[str, Any]:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
     """Write JSON through a temporary file and a rename, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1, allow_nan=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from harness.data._common import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, allow_nan=True) + "\n").encode())
     return path
 
 

@@ -170,6 +170,8 @@ def run_one(
             record["params"] = meta["params"]
             record["params_changed"] = meta["params_changed"]
             record["plugin"] = meta["class"]
+            if "device" in meta:  # torch models: the device the run computes on, the GPU's name
+                record["environment"]["device"] = meta["device"]
             dataset, stream = cache.dataset(spec.dataset, spec.progress)
             gap = preset_session_gap(spec.protocol.get("preset"), dataset.name) or dataset.session_gap
             protocol = Protocol(**{"session_gap": gap, **spec.protocol})
@@ -279,6 +281,16 @@ class RunsInterrupted(KeyboardInterrupt):
         super().__init__()
         self.done = done
         self.pending = pending
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_many`: ``paths`` holds the records of the runs that finished,
+    ``running`` the spec that was stopped (it leaves no record)."""
+
+    def __init__(self, paths: list[Path], running: RunSpec) -> None:
+        super().__init__()
+        self.paths = paths
+        self.running = running
 
 
 def run_many(specs: list[RunSpec], *, isolate: bool = True) -> list[Path]:

@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.reduction import send_handle
 from typing import Any
@@ -38,6 +38,8 @@ __all__ = [
     "describe_model", "one_core", "readonly",
 ]
 
+#: ``on_progress(done, total, unit)``: a model's count of its batches (see harness.api.progress).
+OnProgress = Callable[[int, "int | None", str], None]
 _COLUMNS = ("user", "item", "t", "label", "features", "session", "visit")
 
 
@@ -308,17 +310,21 @@ class ModelProcess:
 
     # -- the model's calls -----------------------------------------------------------------------
 
-    def fit(self, train: Interactions, *, seed: int = 0,
-            stream_summary: dict[str, Any] | None = None) -> None:
+    def fit(self, train: Interactions, *, seed: int = 0, stream_summary: dict[str, Any] | None = None,
+            on_progress: OnProgress | None = None) -> None:
         """Fit on ``train``; a ``stream_summary`` (aggregates only) goes to the model's
-        ``use_stream_summary`` first."""
+        ``use_stream_summary`` first; ``on_progress(done, total, unit)`` gets the counts the model
+        reports through :func:`harness.api.progress`."""
         header = {"op": "fit", "seed": int(seed), **_sizes(train)}
         if stream_summary is not None:
             header["stream_summary"] = stream_summary
-        self._call(header, block_arrays(train))
+        self._send(header, block_arrays(train))
+        self._answer(on_progress)
 
-    def train_epoch(self) -> dict[str, float]:
-        losses = self._call({"op": "train_epoch"})[0].get("losses") or {}
+    def train_epoch(self, on_progress: OnProgress | None = None) -> dict[str, float]:
+        """One epoch; its losses as numbers. ``on_progress`` as for :meth:`fit`."""
+        self._send({"op": "train_epoch"})
+        losses = self._answer(on_progress)[0].get("losses") or {}
         if not isinstance(losses, dict):
             raise ModelError(f"train_epoch() must return a dict of losses, got {losses!r}")
         try:
@@ -411,9 +417,18 @@ class ModelProcess:
         except WireError as exc:
             raise ModelError(f"the model process broke the message format: {exc}") from None
 
-    def _answer(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        header, arrays = self._receive()
-        return self._check(header), arrays
+    def _answer(self, on_progress: OnProgress | None = None
+                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        while True:
+            header, arrays = self._receive()
+            if "progress" not in header or "ok" in header:
+                return self._check(header), arrays
+            done, total, unit = header["progress"], header.get("total"), header.get("unit")
+            if not (_count(done) and (total is None or _count(total)) and isinstance(unit, str)
+                    and len(unit) <= 20):
+                raise ModelError(f"the model process sent a malformed progress count {header!r}")
+            if on_progress is not None:
+                on_progress(done, total, unit)
 
     def _check(self, header: dict[str, Any]) -> dict[str, Any]:
         """The header of a successful answer; an error answer raised as the error it reports."""
@@ -460,6 +475,10 @@ def describe_model(ref: ModelRef) -> ModelInfo:
     """Load ``ref`` in a model process (which checks its name and parameters) and describe it."""
     with ModelProcess.start(ref) as proc:
         return ModelInfo(proc.meta)
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 def _sizes(stream: Interactions) -> dict[str, int]:

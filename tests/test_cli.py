@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_a_failing_model_does_not_stop_the_others(tmp_path, capsys):
     assert statuses == {"popularity": "ok", "broken": "failed", "peeking": "failed"}
     err = capsys.readouterr().err
     assert "RuntimeError: boom" in err
-    assert "peeking (seed 0) failed: look-ahead" in err
+    assert "peeking seed 0: failed: look-ahead" in err
 
 
 def test_records_are_written_atomically_and_old_versions_refused(tmp_path):
@@ -105,6 +106,18 @@ def test_records_are_written_atomically_and_old_versions_refused(tmp_path):
     path.write_text(json.dumps({"schema_version": 1}))
     with pytest.raises(HarnessError, match="lacks keys"):
         load_records(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_records_respect_the_umask(tmp_path, umask):
+    from harness.records import write_json_atomic
+
+    old = os.umask(umask)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", {"schema_version": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_timeout_is_recorded_as_such(tmp_path):
@@ -217,3 +230,14 @@ def test_the_jodie_preset_runs_the_authors_protocol_and_records_it(tmp_path, cap
 def test_an_unknown_preset_gets_a_suggestion(capsys):
     assert main(["run", "--preset", "jodi", "--models", "popularity", "--quiet"]) == 2
     assert "unknown preset 'jodi'; did you mean 'jodie'?" in capsys.readouterr().err
+
+
+def test_only_the_harness_own_warnings_read_as_the_harness():
+    from harness.cli import _one_line_warning
+    from harness.data import DataOrderWarning
+
+    ours = _one_line_warning("events were sorted", DataOrderWarning, "/x/harness/data/jodie.py", 9)
+    assert ours == "harness: warning: events were sorted\n"
+    theirs = _one_line_warning("`x` is deprecated", DeprecationWarning, "/site/scipy/stats.py", 12)
+    assert not theirs.startswith("harness") and theirs == (
+        "/site/scipy/stats.py:12: DeprecationWarning: `x` is deprecated\n")

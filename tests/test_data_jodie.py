@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import warnings
 from pathlib import Path
 
@@ -194,3 +195,25 @@ def test_cli_missing_file(tmp_path, capsys):
     assert main(["datasets", "info", str(missing)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no such file" in err and str(missing) in err and "\n" not in err
+
+
+@pytest.mark.parametrize("content, what", [
+    (gzip.compress(b"user_id,item_id,timestamp,state_label\nu,i,1,0\n"), "gzip-compressed data"),
+    (bytes(range(256)) * 4, "binary data"),
+])
+def test_a_binary_file_is_not_a_text_csv(tmp_path, content, what):
+    from harness.data import load_jodie_csv
+
+    path = tmp_path / "events.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"events.csv: not a text CSV \\(it holds {what}\\)"):
+        load_jodie_csv(path)
+
+
+def test_latin1_text_is_still_a_csv(tmp_path):
+    from harness.data import load_jodie_csv
+
+    path = tmp_path / "events.csv"
+    rows = "".join(f"{u},i{k % 3},{k},0\n" for k, u in enumerate(["jos\xe9", "ren\xe9e"] * 5))
+    path.write_bytes(("user_id,item_id,timestamp,state_label\n" + rows).encode("latin-1"))
+    assert load_jodie_csv(path).n_users == 2

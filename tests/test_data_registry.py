@@ -249,3 +249,46 @@ def test_stats_repeat_fraction_hand_example():
                                  label=[0, 0, 1, 0, 0])
     stats = dataset_stats(s)
     assert stats["repeat_fraction"] == pytest.approx(2 / 5) and stats["state_changes"] == 1
+
+
+def test_sources_use_https_where_the_host_offers_it():
+    plain_http = {"mtg.upf.edu"}  # the address its dataset page gives; https not verified
+    for m in manifests().values():
+        host = m.url.split("/")[2]
+        assert m.url.startswith("https://") or host in plain_http, m.url
+
+
+def test_a_failed_download_leaves_no_empty_folder(server, local_manifest, data_home, monkeypatch):
+    fake = dict(registry_module._MANIFESTS)
+    fake["wikipedia"] = Manifest(name="wikipedia", title="test", url=server.url + "/missing",
+                                 filename="wikipedia.csv", format="jodie")
+    monkeypatch.setattr(registry_module, "_MANIFESTS", fake)
+    with pytest.raises(DataError, match="answered 404"):
+        download_dataset("wikipedia", progress=False)
+    assert not (data_home / "datasets" / "wikipedia").exists()
+
+
+def test_info_of_an_imported_file_describes_the_file_not_the_manifest(tmp_path, data_home, capsys):
+    src = tmp_path / "copy.csv"
+    src.write_bytes(CSV)
+    assert main(["datasets", "import", str(src), "--name", "wikipedia"]) == 0
+    capsys.readouterr()
+    assert main(["datasets", "info", "wikipedia"]) == 0
+    out = capsys.readouterr().out
+    assert "500 MB" not in out and f"size: {len(CSV) / 1000:.1f} KB here" in out
+    assert f"imported from {src.resolve()}" in out
+    row = next(line for line in out.splitlines() if line.startswith("wikipedia "))
+    assert row.split()[1:4] == ["13", "9", "400"] or row.split()[3] == "400"
+    assert main(["datasets", "list"]) == 0
+    listed = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith("wikipedia "))
+    assert "imported" in listed and "500 MB" not in listed
+
+
+def test_info_synthetic_lists_presets_and_list_shows_descriptions(capsys):
+    assert main(["datasets", "info", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert "presets" in out and "synthetic-wikipedia    8,227 users, 1,000 items" in out
+    assert main(["datasets", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "harness.data.synthetic:" not in out and "sized like JODIE Reddit" in out

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 
-from harness.api import Model
+import harness.api
+from harness.api import Model, progress
 
 
 class Counts(Model):
@@ -82,9 +84,11 @@ class Scripted(Counts):
     iterative = True
     default_epochs = 3
 
-    def __init__(self, *, script: tuple = (0, 1, -1, -1, -1, -1, -1), prior: float = 0.0) -> None:
+    def __init__(self, *, script: tuple = (0, 1, -1, -1, -1, -1, -1), prior: float = 0.0,
+                 pause: float = 0.0) -> None:
         self.script = script
         self.prior = prior
+        self.pause = pause  # seconds per "batch" of train_epoch
 
     def fit(self, train, *, seed=0):
         super().fit(train, seed=seed)
@@ -92,10 +96,22 @@ class Scripted(Counts):
 
     def train_epoch(self):
         self.epoch_ += 1
+        for _ in progress(range(4)):  # four "batches", counted for the progress bar
+            time.sleep(self.pause)
         return {"loss": 1.0 / self.epoch_}
 
     def score(self, block):
         return self.script[self.epoch_ - 1] * super().score(block)
+
+
+class Miscounting(Scripted):
+    """Sends the evaluator a count that no :func:`harness.api.progress` would send."""
+
+    def train_epoch(self):
+        hook = harness.api._progress_hook
+        if hook is not None:
+            hook(-1, None, "batch")
+        return super().train_epoch()
 
 
 class ConstantReturn(Model):

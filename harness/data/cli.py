@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -49,23 +50,45 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     rows = []
     for entry in default_registry("datasets").entries():
-        rows.append([entry.name, "generated", "available", "", entry.target])
+        rows.append([entry.name, "generated", "available", "", _description(entry)])
     known = manifests()
     for name in manifest_names():
         m = known.get(name)
-        status = "downloaded" if local_source(name) else (
+        local = local_source(name)
+        status = "downloaded" if local else (
             "manual download" if m and m.manual_download else "not downloaded")
-        rows.append([name, m.format if m else "imported", status, m.size if m else "",
+        if local and local.get("origin", "").startswith("import:"):
+            status = "imported"
+        size = _file_size(local["path"]) if local else m.size if m else ""
+        rows.append([name, m.format if m else "imported", status, size,
                      m.title if m else "imported file"])
     print(tabulate(rows, headers=["name", "kind", "status", "size", "description"]))
     print(f"\ndata directory: {data_home()}  (set HARNESS_DATA to move it)")
     return 0
 
 
+def _description(entry: Any) -> str:
+    """A registered dataset's ``description`` (its ``module:Class`` when it cannot be imported)."""
+    try:
+        return str(entry.load().description) or entry.target
+    except Exception:
+        return entry.target
+
+
+def _file_size(path: str) -> str:
+    size = float(os.path.getsize(path))
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from harness.data.datasets import dataset_stats, local_source, manifests, open_dataset
 
     manifest = manifests().get(args.name)
+    local = local_source(args.name)
     if manifest is not None:
         print(f"{manifest.name}: {manifest.title}")
         if manifest.description:
@@ -73,16 +96,22 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  source:   {manifest.url}")
         if manifest.homepage and manifest.homepage != manifest.url:
             print(f"  homepage: {manifest.homepage}")
-        print(f"  format:   {manifest.format}   size: {manifest.size}   "
+        # a local copy (an import, a subset) is described by itself, not by the manifest
+        size = f"{_file_size(local['path'])} here" if local else manifest.size
+        print(f"  format:   {manifest.format}   size: {size}   "
               f"session gap: {manifest.session_gap:g} s")
         print(f"  sha256:   {manifest.sha256 or '(recorded on first download)'}")
         print(f"  licence:  {manifest.licence}")
         print("  citation:")
         for line in manifest.citation.strip().splitlines():
             print(f"    {line}")
+    if local is not None:
+        origin = local.get("origin", "")
+        origin = f"imported from {origin[7:]}" if origin.startswith("import:") else origin
+        print(f"  local copy: {local['path']}" + (f" ({origin})" if origin else ""))
     if args.no_stats:
         return 0
-    if manifest is not None and local_source(args.name) is None:
+    if manifest is not None and local is None:
         published = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
                               for k, v in manifest.published.items())
         print(f"  published: {published}")
@@ -98,6 +127,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(tabulate([[dataset.name, *row]], headers=["dataset", "users", "items", "events",
                                                     "state changes", "repeat", "features"]))
     print(f"sha256: {dataset.sha256()}")
+    presets = getattr(dataset, "presets", None)
+    if callable(presets):
+        print("\npresets (--dataset NAME):")
+        for name, description in presets().items():
+            print(f"  {name:<22} {description}")
     return 0
 
 

@@ -11,6 +11,7 @@ Layout of the data home (``$HARNESS_DATA``, see :func:`harness.data.data_home`):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -303,7 +304,12 @@ def download_dataset(name: str, *, progress: bool = True, force: bool = False) -
     from harness.data.download import download_file
 
     dest = _store(name) / manifest.filename
-    digest = download_file(manifest.url, dest, sha256=expected, progress=progress)
+    try:
+        digest = download_file(manifest.url, dest, sha256=expected, progress=progress)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            dest.parent.rmdir()  # only when empty: a partial download stays to resume
+        raise
     if not manifest.sha256 and not recorded:
         _record_checksum(name, manifest.url, digest)
     remember_sha256(dest, digest)

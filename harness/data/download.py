@@ -31,6 +31,13 @@ def _open(url: str, offset: int, timeout: float):
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
+def _drop_empty(part: Path) -> None:
+    """Remove a partial file with nothing in it to resume from."""
+    with contextlib.suppress(OSError):
+        if part.stat().st_size == 0:
+            part.unlink()
+
+
 def download_file(url: str, dest: Path, *, sha256: str | None = None, progress: bool = True,
                   timeout: float = 60.0) -> str:
     """Download ``url`` to ``dest`` and return the file's SHA-256.
@@ -70,10 +77,12 @@ def download_file(url: str, dest: Path, *, sha256: str | None = None, progress: 
                     fh.write(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as exc:
+        _drop_empty(part)
         raise DataError(f"{url}: the server answered {exc.code} {exc.reason}; check the URL in the "
                         "dataset's manifest") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        _drop_empty(part)
         raise DataError(f"{url}: download failed ({reason}); run the command again to resume "
                         f"({part.stat().st_size if part.exists() else 0} bytes kept)") from None
     got = part.stat().st_size

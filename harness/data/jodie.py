@@ -48,6 +48,28 @@ def read_source(path: Path) -> bytes:
         raise DataError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
 
 
+_MAGIC = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"BZh": "bzip2", b"\xfd7zXZ": "xz",
+          b"\x93NUMPY": "numpy", b"PAR1": "parquet"}
+_CONTROL = bytes(set(range(32)) - {9, 10, 13})
+
+
+def _check_text(path: Path, data: bytes) -> None:
+    """A binary file (compressed, or not a CSV at all) is named as such, not as a line with the
+    wrong number of columns."""
+    head = data[:65536]
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        # text in any 8-bit encoding (user names in Latin-1) has no NUL and few control bytes
+        control = len(head) - len(head.translate(None, _CONTROL))
+        if b"\x00" not in head and control <= len(head) // 100:
+            return
+        kind = "binary"
+    what = f"{kind}-compressed data" if kind in ("gzip", "zip", "bzip2", "xz") else f"{kind} data"
+    raise DataError(f"{path}: not a text CSV (it holds {what}); a JODIE CSV is plain text "
+                    "(user_id,item_id,timestamp,state_label,f1,...)"
+                    + ("; decompress it first" if "compressed" in what else ""))
+
+
 def _column_name(col: int) -> str:
     return _COLUMN_NAMES[col] if col < 4 else f"feature f{col - 3}"
 
@@ -125,6 +147,7 @@ def load_jodie_csv(path: str | Path, *, workers: int | None = None,
     global _DATA, _STARTS, _NCOLS
     path = Path(path)
     data = read_source(path)
+    _check_text(path, data)
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     end = len(data)

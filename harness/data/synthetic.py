@@ -297,6 +297,16 @@ class SyntheticDataset(Dataset):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(preset={self.preset!r}, seed={self.seed})"
 
+    @staticmethod
+    def presets() -> dict[str, str]:
+        """The registered presets, by dataset name, with their sizes."""
+        out = {}
+        for preset, config in PRESETS.items():
+            name = "synthetic" if preset == "default" else f"synthetic-{preset}"
+            out[name] = (f"{config.n_users:,} users, {config.n_items:,} items, "
+                         f"{config.n_events:,} events, {config.n_features} features")
+        return out
+
 
 class SyntheticWikipedia(SyntheticDataset):
     """Synthetic stream sized like JODIE's Wikipedia (8,227 users, 1,000 items, 157,474 events)."""

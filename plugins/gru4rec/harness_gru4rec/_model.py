@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.api import Model
+from harness.api import Model, progress, resolve_device
 from harness.errors import UsageError
 from harness.interactions import Interactions
 from harness_gru4rec._batching import (
@@ -110,6 +110,9 @@ class GRU4Rec(Model):
         On streams without session ids: seconds of inactivity that end a session (the hidden
         state is reset). ``None`` carries a user's state over all of their events. Sessionized
         streams (the ``sessions`` protocol) use their session ids instead.
+    device:
+        Torch device of the parameters and states: ``auto`` (a GPU when torch sees one),
+        ``cpu``, ``cuda`` or ``cuda:N``. The sampling and batching stay in numpy on the CPU.
     """
 
     capabilities = frozenset({"rank"})
@@ -136,6 +139,7 @@ class GRU4Rec(Model):
         bpreg: float = 1.0,
         elu_param: float = 0.5,
         session_gap: float | None = None,
+        device: str = "auto",
     ) -> None:
         self.hidden_size = hidden_size
         self.layers = layers
@@ -153,6 +157,7 @@ class GRU4Rec(Model):
         self.bpreg = bpreg
         self.elu_param = elu_param
         self.session_gap = session_gap
+        self.device = device
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
@@ -254,7 +259,8 @@ class GRU4Rec(Model):
             params[f"Wh{layer}"] = np.concatenate(
                 [_uniform(rng, hidden, hidden) for _ in range(3)], 1)
             params[f"bx{layer}"] = np.zeros(3 * hidden, np.float32)
-        self._params = {k: torch.from_numpy(v) for k, v in params.items()}
+        self._dev = resolve_device(self.device)
+        self._params = {k: torch.from_numpy(v).to(self._dev) for k, v in params.items()}
         self._sparse = sparse
         self._acc = {k: torch.zeros_like(v) for k, v in self._params.items()}
         self._vel = (
@@ -322,12 +328,12 @@ class GRU4Rec(Model):
         tic = time.perf_counter()
         total, count = 0.0, 0
         width = min(self.batch_size, len(self._offsets) - 1)
-        state = torch.zeros(self.layers, max(width, 0), self.hidden_size)
-        for step in session_parallel_batches(self._offsets, self.batch_size):
+        state = torch.zeros(self.layers, max(width, 0), self.hidden_size, device=self._dev)
+        for step in progress(session_parallel_batches(self._offsets, self.batch_size)):
             if step.keep is not None:
-                state = state[:, torch.from_numpy(step.keep)]
+                state = state[:, self._t(step.keep)]
             if step.reset.any():
-                state = state.masked_fill(torch.from_numpy(step.reset)[None, :, None], 0.0)
+                state = state.masked_fill(self._t(step.reset)[None, :, None], 0.0)
             inputs = self._items[step.position]
             targets = self._items[step.position + 1]
             loss, state = self._train_step(inputs, targets, state)
@@ -344,7 +350,11 @@ class GRU4Rec(Model):
         if rate <= 0:
             return x
         keep = self._rng.random(tuple(x.shape)) >= rate
-        return x * torch.from_numpy((keep / (1.0 - rate)).astype(np.float32))
+        return x * self._t((keep / (1.0 - rate)).astype(np.float32))
+
+    def _t(self, array: np.ndarray) -> torch.Tensor:
+        """A numpy array as a tensor on the model's device."""
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self._dev)
 
     def _train_step(
         self, inputs: np.ndarray, targets: np.ndarray, state: torch.Tensor
@@ -360,7 +370,7 @@ class GRU4Rec(Model):
             columns = np.concatenate([targets, samples])
         # Autograd sees gathered copies of the item rows a step uses (leaves); their gradients
         # are summed per distinct row afterwards, so no backward pass touches a whole table.
-        in_t, col_t = torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(columns)
+        in_t, col_t = self._t(inputs.astype(np.int64)), self._t(columns)
         wy = params["Wy"][col_t].requires_grad_()
         by = params["By"][col_t].requires_grad_()
         uses: dict[str, list[tuple[np.ndarray, torch.Tensor]]] = {
@@ -403,8 +413,8 @@ class GRU4Rec(Model):
                 grads = torch.cat([leaf.grad for _, leaf in parts])
                 rows, inverse = np.unique(index, return_inverse=True)
                 summed = grads.new_zeros((len(rows),) + tuple(grads.shape[1:]))
-                summed.index_add_(0, torch.from_numpy(inverse), grads)
-                self._adagrad(name, torch.from_numpy(rows), summed)
+                summed.index_add_(0, self._t(inverse), grads)
+                self._adagrad(name, self._t(rows), summed)
         return float(loss.detach()), torch.stack(new_state).detach()
 
     def _summed_loss(self, scores: torch.Tensor, targets: np.ndarray,
@@ -415,7 +425,7 @@ class GRU4Rec(Model):
             log_q = self._log_count[targets]
             if samples is not None:
                 log_q = np.concatenate([log_q, self.sample_alpha * self._log_count[samples]])
-            scores = scores - self.logq * torch.from_numpy(log_q).to(scores.dtype)
+            scores = scores - self.logq * self._t(log_q).to(scores.dtype)
         return LOSSES[self.loss](scores, self.bpreg, self.elu_param)
 
     def _adagrad(self, name: str, rows: torch.Tensor | None, grad: torch.Tensor) -> None:
@@ -451,7 +461,7 @@ class GRU4Rec(Model):
     def _forward(self, items: np.ndarray, state: torch.Tensor) -> torch.Tensor:
         """The GRU's new state ``(layers, len(items), hidden)`` in float64, without dropout."""
         params, mode = self._evaluation_params(), self._input_mode()
-        index = torch.from_numpy(np.asarray(items, np.int64))
+        index = self._t(np.asarray(items, np.int64))
         if mode == "onehot":
             gx = params["Wx0"][index] + params["bx0"]
         else:
@@ -471,18 +481,19 @@ class GRU4Rec(Model):
         if self._state is not None:
             return self._state
         tail = self._tail
-        hidden = torch.zeros(self.layers, self._n_users, self.hidden_size)
+        hidden = torch.zeros(self.layers, self._n_users, self.hidden_size, device=self._dev)
         users, items, offsets = tail["users"], tail["items"], tail["offsets"]
         if users.size:
             lengths = np.diff(offsets)
-            state = torch.zeros(self.layers, len(users), self.hidden_size, dtype=torch.float64)
+            state = torch.zeros(self.layers, len(users), self.hidden_size, dtype=torch.float64,
+                                device=self._dev)
             with torch.no_grad():
                 for k in range(int(lengths[0])):
                     active = int(np.searchsorted(-lengths, -k, side="left"))  # lengths > k
                     step_items = items[offsets[:active] + k]
                     new = self._forward(step_items, state[:, :active])
                     state[:, :active] = new.float().double()
-            hidden[:, torch.from_numpy(users)] = state.float()
+            hidden[:, self._t(users)] = state.float()
         self._state = {
             "hidden": hidden,
             "last_t": tail["last_t"].copy(),
@@ -496,7 +507,8 @@ class GRU4Rec(Model):
         if extra <= 0:
             return
         state["hidden"] = torch.cat(
-            [state["hidden"], torch.zeros(self.layers, extra, self.hidden_size)], dim=1)
+            [state["hidden"], torch.zeros(self.layers, extra, self.hidden_size, device=self._dev)],
+            dim=1)
         state["last_t"] = np.r_[state["last_t"], np.full(extra, np.nan)]
         state["last_session"] = np.r_[state["last_session"], np.full(extra, _NO_SESSION)]
         state["seen"] = np.r_[state["seen"], np.zeros(extra, bool)]
@@ -531,10 +543,10 @@ class GRU4Rec(Model):
         new = self._opens_session(state, users, block.t, block.session)
         params = self._evaluation_params()
         with torch.no_grad():
-            h = state["hidden"][-1][torch.from_numpy(users)].double()
-            h[torch.from_numpy(new)] = 0.0
+            h = state["hidden"][-1][self._t(users)].double()
+            h[self._t(new)] = 0.0
             scores = torch.addmm(params["By"], h, params["Wy"].T)
-        return scores.float().numpy()
+        return scores.float().cpu().numpy()
 
     def observe(self, block: Interactions) -> None:
         """Run the GRU one step on each event's item from its user's state (reset first when
@@ -556,9 +568,9 @@ class GRU4Rec(Model):
                 u = users[idx]
                 session = None if block.session is None else block.session[idx]
                 new = self._opens_session(state, u, block.t[idx], session)
-                u_t = torch.from_numpy(u)
+                u_t = self._t(u)
                 h = state["hidden"][:, u_t].double()
-                h[:, torch.from_numpy(new)] = 0.0
+                h[:, self._t(new)] = 0.0
                 state["hidden"][:, u_t] = self._forward(block.item[idx], h).float()
                 state["seen"][u] = True
                 state["last_t"][u] = block.t[idx]

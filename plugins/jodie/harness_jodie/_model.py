@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Model
+from harness.api import Model, progress, resolve_device
 from harness.errors import UsageError
 from harness.interactions import Interactions
 from harness_jodie._optim import StaticAdam
@@ -144,7 +144,7 @@ class JODIE(Model):
     online_updates: keep training on evaluation events (the authors' protocol): loss accumulated
         per event and one Adam step per window of time. An event's state probability is read
         before the step that puts its label in the loss.
-    device: torch device for training.
+    device: torch device: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``.
     num_threads: torch threads while the model works (``None``: leave torch's setting). Its
         operations are small (a t-batch is tens of rows), so one thread is fastest on a busy
         two-core machine.
@@ -168,7 +168,7 @@ class JODIE(Model):
         dt_statistics: str = "train",
         window_span: str = "train",
         online_updates: bool = False,
-        device: str = "cpu",
+        device: str = "auto",
         num_threads: int | None = 1,
     ) -> None:
         self.embedding_size = embedding_size
@@ -267,7 +267,7 @@ class JODIE(Model):
                     f"layer of {weights:,} weights ({weights * 4 / 2**30:.1f} GiB, about three "
                     "times that while training); pass static_size=128 (fixed random codes) instead"
                 )
-        self._dev = torch.device(self.device)
+        self._dev = resolve_device(self.device)
         self._n_users, self._n_items, self._n_features = nu, ni, nf
         user, item, t = train.user.astype(np.int64), train.item.astype(np.int64), train.t
         self._t0 = float(t[0]) if self.first_delta == "since_start" else None
@@ -393,7 +393,7 @@ class JODIE(Model):
             raise UsageError("JODIE.train_epoch() was called before fit()")
         self._reset_state()
         totals = dict.fromkeys(("loss", "prediction", "user_drift", "item_drift", "state"), 0.0)
-        for w, plan in enumerate(self._plans):
+        for w, plan in enumerate(progress(self._plans, unit="window")):
             parts = self._train_window(plan, first=w == 0)
             for k, v in parts.items():
                 totals[k] += v

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from harness_rrn import Plan, log_gaps, plan_window, time_windows
 from torch import nn
 
-from harness.api import Model
+from harness.api import Model, progress, resolve_device
 from harness.errors import UsageError
 from harness.interactions import Interactions
 
@@ -143,7 +143,7 @@ class LatentCross(Model):
     n_negatives: ``None`` for softmax over all items; an integer for sampled softmax.
     use_features: feed the events' features into the cell.
     state_loss_weight: weight of the state-change loss (used when training has labels).
-    device: torch device for training.
+    device: torch device: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``.
     num_threads: torch threads while the model works (``None``: leave torch's setting).
     """
 
@@ -164,7 +164,7 @@ class LatentCross(Model):
         n_negatives: int | None = None,
         use_features: bool = True,
         state_loss_weight: float = 1.0,
-        device: str = "cpu",
+        device: str = "auto",
         num_threads: int | None = 1,
     ) -> None:
         self.embedding_size = embedding_size
@@ -228,7 +228,7 @@ class LatentCross(Model):
         d, nu, ni = self.embedding_size, train.n_users, train.n_items
         nf = train.n_features if self.use_features else 0
         self._n_users, self._n_items, self._n_features = nu, ni, train.n_features
-        self._dev = dev = torch.device(self.device)
+        self._dev = dev = resolve_device(self.device)
         user, item, t = train.user.astype(np.int64), train.item.astype(np.int64), train.t
         gap, has = log_gaps(user, t)
         seen = gap[has]
@@ -301,7 +301,7 @@ class LatentCross(Model):
         self._reset_state()
         rng = np.random.default_rng([self._seed, self._epochs])
         totals = {"loss": 0.0, "ranking": 0.0, "state": 0.0}
-        for plan in self._plans:
+        for plan in progress(self._plans, unit="window"):
             for k, v in self._train_window(plan, rng).items():
                 totals[k] += v
         self._epochs += 1

@@ -48,8 +48,8 @@ class LSTM(RecurrentRecommender):
 
     Evaluation streams: ``score`` steps each user's pending cell (the last observed item) and
     ranks all items by the output layer; ``observe`` makes that step the user's state. Parameters
-    stay frozen. ``device`` is a torch device; ``num_threads`` torch threads while the model
-    works (``None``: torch's setting).
+    stay frozen. ``device`` is a torch device (``auto``: a GPU when torch sees one);
+    ``num_threads`` torch threads while the model works (``None``: torch's setting).
     """
 
     _display: ClassVar[str] = "LSTM"
@@ -66,7 +66,7 @@ class LSTM(RecurrentRecommender):
         optimizer: str = "adam",
         weight_decay: float = 0.0,
         state_loss_weight: float = 1.0,
-        device: str = "cpu",
+        device: str = "auto",
         num_threads: int | None = 1,
     ) -> None:
         self.embedding_size = embedding_size

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.api import Model
+from harness.api import Model, progress, resolve_device
 from harness.errors import UsageError
 from harness.interactions import Interactions
 
@@ -239,7 +239,7 @@ class RecurrentRecommender(Model):
         if len(train) == 0:
             raise UsageError(f"{self._display} needs at least one training event, but the "
                              "training part is empty")
-        self._dev = torch.device(self.device)
+        self._dev = resolve_device(self.device)
         self._n_users, self._n_items = train.n_users, train.n_items
         user = np.asarray(train.user, np.int64)
         cells = flat_cells(user, np.asarray(train.item, np.int64), np.asarray(train.t, np.float64),
@@ -325,7 +325,7 @@ class RecurrentRecommender(Model):
         need_in = self._use_state and self._time_aware
         ctx = contextlib.nullcontext() if update else torch.no_grad()
         with ctx:
-            for s in range(0, steps, self.bptt):
+            for s in progress(range(0, steps, self.bptt), unit="window"):
                 e = min(s + self.bptt, steps)
                 p = self._p32()
                 xg = F.embedding(inp_g[s:e], p["x_table"]) + p["b"]

@@ -95,7 +95,7 @@ class TimeLSTM(RecurrentRecommender):
         time_scale: str = "log1p-hours",
         wt1_constraint: str = "nonpositive",
         state_loss_weight: float = 1.0,
-        device: str = "cpu",
+        device: str = "auto",
         num_threads: int | None = 1,
     ) -> None:
         self.embedding_size = embedding_size
