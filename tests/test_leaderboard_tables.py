@@ -43,7 +43,7 @@ def test_units_in_headers_and_numbers_right_aligned_in_latex():
         "timing": {"samples": {"epoch_fit_seconds": []}, "eval_seconds": 3.0},
     }
     table = leaderboard([record, {**record, "model": "other", "run_id": "2"}], fmt="latex")
-    assert "mae (h)" in table
+    assert "MAE end-to-start (h)" in table
     assert "\\begin{tabular}{lrrrl}" in table  # model, mae, eval s, seeds, status
     github = leaderboard([record], fmt="github")
     assert "MAE end-to-start (h) |" in github
