@@ -56,10 +56,10 @@ class RunProgress:
     def epoch(self, record: dict[str, Any], selection: str) -> None:
         """``jodie seed 0 · epoch 3/10 · loss 1.2345 · valid mrr 0.4567 · 12.3 s (fit 10.1)``."""
         losses = " ".join(f"{k} {number(v)}" for k, v in record["losses"].items())
-        value = record["valid"].get(selection)
-        seconds = record["fit_seconds"] + record["valid_seconds"]
+        value = (record.get("valid") or {}).get(selection)
+        seconds = record["fit_seconds"] + record.get("valid_seconds", 0.0)
         parts = [f"epoch {record['epoch']}/{self.epochs}", losses,
-                 f"valid {selection} {number(value)}",
+                 f"valid {selection} {number(value)}" if "valid" in record else "",
                  f"{seconds:.1f} s (fit {record['fit_seconds']:.1f})"]
         self.say(" · ".join(p for p in parts if p))
 

@@ -42,7 +42,10 @@ def bpr_max_loss(scores: torch.Tensor, bpreg: float = 1.0,
                  elu_param: float = 0.5) -> torch.Tensor:
     """BPR-max: ``sum_i -log sum_j s_ij sigmoid(r_ii - r_ij) + bpreg * sum_j s_ij r_ij^2``, with
     ``s_i`` the softmax of row ``i`` over its negatives and ``r = elu(scores, elu_param)`` (the
-    official ``bpr_max_loss_with_elu``; ``elu_param=0`` uses the raw scores)."""
+    official ``bpr_max_loss_with_elu``; ``elu_param=0`` uses the raw scores). A batch with no
+    negative at all (one session, no samples) has nothing to rank against: its loss is 0."""
+    if scores.shape[1] < 2:
+        return scores.sum() * 0.0
     if elu_param > 0:
         scores = F.elu(scores, alpha=elu_param)
     weights = _negative_softmax(scores)
@@ -56,7 +59,10 @@ def top1_max_loss(scores: torch.Tensor, bpreg: float = 0.0,
                   elu_param: float = 0.0) -> torch.Tensor:
     """TOP1-max: ``sum_i sum_j s_ij (sigmoid(r_ij - r_ii) + sigmoid(r_ij^2))``. Only the Theano
     original has it (``top1_max``, on the linear scores of its default final activation); the
-    official PyTorch code has no TOP1-max, so ``bpreg`` and ``elu_param`` are not used."""
+    official PyTorch code has no TOP1-max, so ``bpreg`` and ``elu_param`` are not used. A batch
+    with no negative at all has loss 0."""
+    if scores.shape[1] < 2:
+        return scores.sum() * 0.0
     weights = _negative_softmax(scores)
     positive = _diagonal(scores).unsqueeze(1)
     terms = torch.sigmoid(scores - positive) + torch.sigmoid(scores.square())

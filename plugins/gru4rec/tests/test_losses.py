@@ -155,3 +155,14 @@ def test_logq_without_samples_and_not_for_bpr_max() -> None:
     bpr = counted_model(loss="bpr-max", logq=1.0, bpreg=0.7, elu_param=1.0)
     got = float(bpr._summed_loss(as_tensor(SCORES), targets, np.array([5, 1])))
     assert got == pytest.approx(np_bpr_max(SCORES, 0.7, 1.0), rel=1e-12)
+
+
+def test_a_batch_without_negatives_has_zero_loss_and_gradient_not_nan():
+    """One session and no samples: the softmax over negatives would be over nothing (NaN)."""
+    from harness_gru4rec import LOSSES
+
+    for name in ("bpr-max", "top1-max"):
+        scores = torch.tensor([[0.7]], requires_grad=True)
+        loss = LOSSES[name](scores, 1.0, 0.5)
+        loss.backward()
+        assert loss.item() == 0.0 and scores.grad is not None and torch.isfinite(scores.grad).all()
