@@ -99,6 +99,11 @@ class _Host:
         _set_random_states(state["random"])
         return {}
 
+    def poll(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        assert self.conn is not None
+        self.conn.spin = min(max(float(header["seconds"]), 0.0), 0.05)
+        return {}
+
     def space(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         assert self.conn is not None
         return {"params": type(self.model).search_space(_TrialProxy(self.conn))}

@@ -39,7 +39,7 @@ from harness.checkpoints import Checkpoint
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall, thrnn_return_mae
-from harness.sandbox import LocalModel, ModelError, ModelProcess, ModelRef, Step, one_core
+from harness.sandbox import LocalModel, ModelError, ModelProcess, ModelRef, Step, placement
 
 __all__ = [
     "AUDIT_COUNTS",
@@ -559,10 +559,14 @@ def _stream(
     blocks: list[tuple[int, int]],
     progress: Callable[[int], None] | None,
     auditor: _Auditor | None = None,
-    spare_cpus: set[int] | None = None,
+    shadow_cpus: set[int] | None = None,
 ) -> _Collector:
     """Feed events ``[start, stop)`` of ``data.events`` to ``proc`` block by block, auditing the
-    pass when an ``auditor`` is given (its shadow runs on ``spare_cpus``).
+    pass when an ``auditor`` is given (its shadow runs at the lowest priority on ``shadow_cpus``).
+
+    A block goes out as soon as the answer to the one before it is in, and that answer is checked
+    and ranked while the model works on the next: never earlier, since a block carries its own
+    truth for the model to observe after scoring it.
 
     Audits never touch the pass's process, so it cannot tell an audited block from another: a
     shadow, forked from it before the first block, gets the same calls without answering. Before
@@ -577,37 +581,15 @@ def _stream(
     clock = time.perf_counter
     todo = [(max(a, start), min(b, stop)) for a, b in blocks if a < stop and b > start]
     shadow = proc.fork() if auditor is not None else None
-    if shadow is not None and spare_cpus:
-        shadow.pin(spare_cpus)
+    if shadow is not None and shadow_cpus:
+        shadow.pin(shadow_cpus, idle=True)
     audits: list[tuple[Step, Any, Any, int, int, int]] = []
-    for k, (a, b) in enumerate(todo):
-        block = events[a:b]
-        ranked = data.ranked[a:b]
-        score = want_rank and bool(ranked.any())
-        ends = ~np.isnan(data.gap[a:b]) if want_gap else None
+    pending: tuple[int, int, bool, np.ndarray | None, np.ndarray | None, Any] | None = None
+
+    def settle_block(got: Step, a: int, b: int, score: bool, ends: np.ndarray | None,
+                     first_scores: np.ndarray | None, audit: Any) -> None:
+        block, index, ranked = events[a:b], data.index[a:b], data.ranked[a:b]
         n_ends = int(ends.sum()) if ends is not None else 0
-        index = data.index[a:b]
-        tic = clock()
-        audit: tuple[Any, Any, int, int] | None = None
-        if shadow is not None:
-            assert auditor is not None
-            if k in auditor.lookahead and (score or want_state or n_ends):
-                j = int(auditor.rng.integers(b - a))
-                altered = shadow.fork(wait=False)
-                altered.step(_altered(block, j, auditor.rng, False), score=score, state=want_state,
-                             ends=ends, answer_later=True)
-                relabelled = None
-                if want_state:
-                    relabelled = shadow.fork(wait=False)
-                    relabelled.step(_altered(block, j, auditor.rng, True), score=score, state=True,
-                                    answer_later=True)
-                out.audit["forks"] += 1 + want_state
-                gaps_before = int((np.flatnonzero(ends) < j).sum()) if ends is not None else 0
-                audit = (altered, relabelled, j, gaps_before)
-            shadow.step(block, score=score, state=want_state, ends=ends, reply=False)
-        first_scores = proc.score(block) if score and auditor and k in auditor.twice else None
-        got = proc.step(block, score=score, state=want_state, ends=ends)
-        out.model_seconds += clock() - tic
         _check_answers(got, block, score, want_state, n_ends, index)
         if first_scores is not None:
             _compare(got.scores, first_scores, b - a, int(index[0]),
@@ -636,6 +618,46 @@ def _stream(
         out.events += b - a
         if progress is not None:
             progress(b - a)
+
+    def collect() -> Step:
+        tic = clock()
+        got = proc.answer()
+        out.model_seconds += clock() - tic
+        return got
+
+    for k, (a, b) in enumerate(todo):
+        got = collect() if pending is not None else None
+        block = events[a:b]
+        score = want_rank and bool(data.ranked[a:b].any())
+        ends = ~np.isnan(data.gap[a:b]) if want_gap else None
+        n_ends = int(ends.sum()) if ends is not None else 0
+        audit: tuple[Any, Any, int, int] | None = None
+        if shadow is not None:
+            assert auditor is not None
+            if k in auditor.lookahead and (score or want_state or n_ends):
+                j = int(auditor.rng.integers(b - a))
+                altered = shadow.fork(wait=False)
+                altered.step(_altered(block, j, auditor.rng, False), score=score, state=want_state,
+                             ends=ends, answer_later=True)
+                relabelled = None
+                if want_state:
+                    relabelled = shadow.fork(wait=False)
+                    relabelled.step(_altered(block, j, auditor.rng, True), score=score, state=True,
+                                    answer_later=True)
+                out.audit["forks"] += 1 + want_state
+                gaps_before = int((np.flatnonzero(ends) < j).sum()) if ends is not None else 0
+                audit = (altered, relabelled, j, gaps_before)
+            shadow.step(block, score=score, state=want_state, ends=ends, reply=False)
+        tic = clock()
+        first_scores = proc.score(block) if score and auditor and k in auditor.twice else None
+        proc.step(block, score=score, state=want_state, ends=ends, answer_later=True)
+        out.model_seconds += clock() - tic
+        if pending is not None:
+            assert got is not None
+            settle_block(got, *pending)
+        pending = (a, b, score, ends, first_scores, audit)
+    if pending is not None:
+        settle_block(collect(), *pending)
     if shadow is not None:
         out.audit["forks"] += 1
         _settle(shadow, audits, out)
@@ -646,6 +668,7 @@ def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]], out
     """Compare the audited answers, once the shadow and its copies have given them."""
     why = "look-ahead: a score row depends on its own or a later event's item, label or features"
     try:
+        shadow.unpin()  # the pass is over: its core is free for the shadow
         shadow.sync()
         for got, altered, relabelled, j, gaps_before, event in audits:
             alt = altered.answer()
@@ -736,7 +759,7 @@ def _evaluate(
         n_blocks = sum(a < stop and b > start for a, b in part_blocks)
         number = next(passes) if number is None else number
         auditor = _Auditor(protocol, seed, number, n_blocks) if protocol.audits else None
-        with say.bar(desc, stop - start) as pb, one_core(probe) as spare:
+        with say.bar(desc, stop - start) as pb, placement(probe) as spare:
             t0 = time.perf_counter()
             collected = _stream(probe, part, protocol, caps, start, stop, part_blocks, pb.update,
                                 auditor, spare)

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.reduction import send_handle
@@ -35,7 +36,7 @@ from harness.interactions import Interactions
 
 __all__ = [
     "LocalModel", "ModelError", "ModelInfo", "ModelProcess", "ModelRef", "Step", "block_arrays",
-    "describe_model", "one_core", "readonly",
+    "describe_model", "placement", "readonly",
 ]
 
 #: ``on_progress(done, total, unit)``: a model's count of its batches (see harness.api.progress).
@@ -140,12 +141,20 @@ class LocalModel:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.meta = model_meta(type(model), model, type(model).__name__)
+        self._later: list[Step] = []
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
-             ends: np.ndarray | None = None, reply: bool = True) -> Step:
+             ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False) -> Step:
         got = answer_block(self.model, readonly(block), score=score, state=state,
                            ends=ends if ends is not None and ends.any() else None)
-        return Step(got.get("scores"), got.get("state"), got.get("gap"))
+        step = Step(got.get("scores"), got.get("state"), got.get("gap"))
+        if answer_later:
+            self._later.append(step)
+            return Step()
+        return step
+
+    def answer(self) -> Step:
+        return self._later.pop(0)
 
     def score(self, block: Interactions) -> np.ndarray:
         return np.array(self.model.score(readonly(block)), copy=True)
@@ -153,20 +162,33 @@ class LocalModel:
     def fork(self) -> LocalModel:
         return LocalModel(copy.deepcopy(self.model))
 
-    def pin(self, cpus: set[int]) -> None:
+    def pin(self, cpus: set[int], *, idle: bool = False, poll: float = 0.0) -> None:
         pass
+
+    def unpin(self) -> None:
+        pass
+
+    poll = 0.0
 
     def close(self) -> None:
         pass
 
 
-@contextlib.contextmanager
-def one_core(proc: Any) -> Iterator[set[int]]:
-    """Run this process and ``proc`` on one core while the block lasts and yield the other cores.
+#: How long a pass's process polls for its next block, and the evaluator for a quick answer.
+PASS_POLL_SECONDS = 0.005
+ANSWER_POLL_SECONDS = 0.0002
 
-    A pass is a strict ping-pong between the evaluator and the model's process: on one core each
-    hand-over is a plain context switch, while across cores (in a virtual machine especially) it
-    costs a wake-up of another CPU. The shadow of an audited pass runs on the other cores."""
+
+@contextlib.contextmanager
+def placement(proc: Any) -> Iterator[set[int]]:
+    """Give the pass ``proc`` a core of its own while the block lasts, keep this process on
+    another, and yield the cores for an audit's shadow (this process's core and any spare ones).
+
+    A pass is a strict ping-pong between the evaluator and the model's process. On a virtual
+    machine waking a sleeping CPU costs up to 100 µs, so the pass polls for its next block
+    instead of sleeping, on its own core; this process polls too while answers come quickly, and
+    otherwise sleeps beside the shadow, which runs at the lowest priority: it keeps that core awake and
+    yields it the moment an answer arrives."""
     try:
         cpus = os.sched_getaffinity(0)
     except AttributeError:
@@ -175,12 +197,14 @@ def one_core(proc: Any) -> Iterator[set[int]]:
     if len(cpus) < 2:
         yield set()
         return
-    core = {min(cpus)}
-    os.sched_setaffinity(0, core)
-    proc.pin(core)
+    mine, theirs = {min(cpus)}, {sorted(cpus)[1]}
+    os.sched_setaffinity(0, mine)
+    proc.pin(theirs, poll=PASS_POLL_SECONDS)
+    proc.poll = ANSWER_POLL_SECONDS
     try:
-        yield cpus - core
+        yield cpus - theirs
     finally:
+        proc.poll = 0.0
         os.sched_setaffinity(0, cpus)
 
 
@@ -210,6 +234,7 @@ class ModelProcess:
         self._max_bytes = max_bytes
         self._unacknowledged = 0
         self._outbox: list[bytes] = []  # requests that need no answer, written in batches
+        self._poll = 0.0
         self.pid: int | None = None  # as the model's process reports it (forks only)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -266,14 +291,36 @@ class ModelProcess:
             child.pid = acks[-1].get("pid") if isinstance(acks[-1].get("pid"), int) else None
         return child
 
-    def pin(self, cpus: set[int]) -> None:
-        """Run this process on ``cpus`` (Linux; elsewhere, or for a process that is not one of
-        the model's, nothing happens)."""
+    def pin(self, cpus: set[int], *, idle: bool = False, poll: float = 0.0) -> None:
+        """Run this process on ``cpus``, at the lowest priority if ``idle`` (its forks inherit both),
+        polling ``poll`` seconds for each next request instead of sleeping (Linux; elsewhere, or
+        for a process that is not one of the model's, only ``poll`` is set)."""
         try:
             if self.pid and os.getpgid(self.pid) == self._group:
                 os.sched_setaffinity(self.pid, cpus)
+                if idle:
+                    os.setpriority(os.PRIO_PROCESS, self.pid, 19)
         except (AttributeError, OSError):
             pass
+        self._send({"op": "poll", "seconds": poll, "reply": False}, later=True)
+
+    def unpin(self) -> None:
+        """Undo :meth:`pin` for this process and its forks: every core, and the normal priority
+        back where this user may raise a priority (so that a shadow catches up at full speed)."""
+        with contextlib.suppress(AttributeError, OSError):
+            if self.pid and os.getpgid(self.pid) == self._group:
+                os.sched_setaffinity(self.pid, range(os.cpu_count() or 1))
+                os.setpriority(os.PRIO_PGRP, self._group, 0)
+
+    @property
+    def poll(self) -> float:
+        """Seconds this side polls for an answer before sleeping: it polls while answers keep
+        coming within that time, and sleeps at once after one that took longer."""
+        return self._poll
+
+    @poll.setter
+    def poll(self, seconds: float) -> None:
+        self._poll = self._conn.spin = seconds
 
     def sync(self) -> None:
         """Wait until this process has handled every request sent so far (raising the error of
@@ -419,16 +466,20 @@ class ModelProcess:
 
     def _answer(self, on_progress: OnProgress | None = None
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        tic = time.perf_counter()
         while True:
             header, arrays = self._receive()
             if "progress" not in header or "ok" in header:
-                return self._check(header), arrays
+                break
             done, total, unit = header["progress"], header.get("total"), header.get("unit")
             if not (_count(done) and (total is None or _count(total)) and isinstance(unit, str)
                     and len(unit) <= 20):
                 raise ModelError(f"the model process sent a malformed progress count {header!r}")
             if on_progress is not None:
                 on_progress(done, total, unit)
+        if self._poll:  # poll for the next answer only while answers come quickly
+            self._conn.spin = self._poll if time.perf_counter() - tic < self._poll else 0.0
+        return self._check(header), arrays
 
     def _check(self, header: dict[str, Any]) -> dict[str, Any]:
         """The header of a successful answer; an error answer raised as the error it reports."""
