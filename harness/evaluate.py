@@ -562,7 +562,7 @@ def _stream(
     shadow_cpus: set[int] | None = None,
 ) -> _Collector:
     """Feed events ``[start, stop)`` of ``data.events`` to ``proc`` block by block, auditing the
-    pass when an ``auditor`` is given (its shadow runs at the lowest priority on ``shadow_cpus``).
+    pass when an ``auditor`` is given (its shadow runs on ``shadow_cpus``).
 
     A block goes out as soon as the answer to the one before it is in, and that answer is checked
     and ranked while the model works on the next: never earlier, since a block carries its own
@@ -582,7 +582,7 @@ def _stream(
     todo = [(max(a, start), min(b, stop)) for a, b in blocks if a < stop and b > start]
     shadow = proc.fork() if auditor is not None else None
     if shadow is not None and shadow_cpus:
-        shadow.pin(shadow_cpus, idle=True)
+        shadow.pin(shadow_cpus)
     audits: list[tuple[Step, Any, Any, int, int, int]] = []
     pending: tuple[int, int, bool, np.ndarray | None, np.ndarray | None, Any] | None = None
 
@@ -668,7 +668,6 @@ def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]], out
     """Compare the audited answers, once the shadow and its copies have given them."""
     why = "look-ahead: a score row depends on its own or a later event's item, label or features"
     try:
-        shadow.unpin()  # the pass is over: its core is free for the shadow
         shadow.sync()
         for got, altered, relabelled, j, gaps_before, event in audits:
             alt = altered.answer()
@@ -759,7 +758,7 @@ def _evaluate(
         n_blocks = sum(a < stop and b > start for a, b in part_blocks)
         number = next(passes) if number is None else number
         auditor = _Auditor(protocol, seed, number, n_blocks) if protocol.audits else None
-        with say.bar(desc, stop - start) as pb, placement(probe) as spare:
+        with say.bar(desc, stop - start) as pb, placement(probe, audited=auditor is not None) as spare:
             t0 = time.perf_counter()
             collected = _stream(probe, part, protocol, caps, start, stop, part_blocks, pb.update,
                                 auditor, spare)

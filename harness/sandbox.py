@@ -162,10 +162,7 @@ class LocalModel:
     def fork(self) -> LocalModel:
         return LocalModel(copy.deepcopy(self.model))
 
-    def pin(self, cpus: set[int], *, idle: bool = False, poll: float = 0.0) -> None:
-        pass
-
-    def unpin(self) -> None:
+    def pin(self, cpus: set[int], *, poll: float = 0.0) -> None:
         pass
 
     poll = 0.0
@@ -180,15 +177,17 @@ ANSWER_POLL_SECONDS = 0.0002
 
 
 @contextlib.contextmanager
-def placement(proc: Any) -> Iterator[set[int]]:
-    """Give the pass ``proc`` a core of its own while the block lasts, keep this process on
-    another, and yield the cores for an audit's shadow (this process's core and any spare ones).
+def placement(proc: Any, *, audited: bool) -> Iterator[set[int]]:
+    """Place the evaluator (this process) and the pass ``proc`` on cores while the block lasts,
+    and yield the cores for an audit's shadow.
 
-    A pass is a strict ping-pong between the evaluator and the model's process. On a virtual
-    machine waking a sleeping CPU costs up to 100 µs, so the pass polls for its next block
-    instead of sleeping, on its own core; this process polls too while answers come quickly, and
-    otherwise sleeps beside the shadow, which runs at the lowest priority: it keeps that core awake and
-    yields it the moment an answer arrives."""
+    A pass is a strict ping-pong between the two. Without audits the pass gets a core of its own
+    and polls for its next block instead of sleeping, and this process polls for answers while
+    they come quickly: on a virtual machine waking a sleeping CPU costs up to 100 µs, more than a
+    small model's whole answer. With audits the shadow, which repeats the pass's work, needs a
+    core of its own: this process and the pass then share one core (each hand-over a plain
+    context switch) and the shadow gets the others (measured in benchmarks/RESULTS.md: both
+    ways of sharing two cores with a shadow were slower)."""
     try:
         cpus = os.sched_getaffinity(0)
     except AttributeError:
@@ -197,12 +196,13 @@ def placement(proc: Any) -> Iterator[set[int]]:
     if len(cpus) < 2:
         yield set()
         return
-    mine, theirs = {min(cpus)}, {sorted(cpus)[1]}
+    mine = {min(cpus)}
+    theirs = mine if audited else {sorted(cpus)[1]}
     os.sched_setaffinity(0, mine)
-    proc.pin(theirs, poll=PASS_POLL_SECONDS)
-    proc.poll = ANSWER_POLL_SECONDS
+    proc.pin(theirs, poll=0.0 if audited else PASS_POLL_SECONDS)
+    proc.poll = 0.0 if audited else ANSWER_POLL_SECONDS
     try:
-        yield cpus - theirs
+        yield cpus - theirs - mine
     finally:
         proc.poll = 0.0
         os.sched_setaffinity(0, cpus)
@@ -291,26 +291,16 @@ class ModelProcess:
             child.pid = acks[-1].get("pid") if isinstance(acks[-1].get("pid"), int) else None
         return child
 
-    def pin(self, cpus: set[int], *, idle: bool = False, poll: float = 0.0) -> None:
-        """Run this process on ``cpus``, at the lowest priority if ``idle`` (its forks inherit both),
-        polling ``poll`` seconds for each next request instead of sleeping (Linux; elsewhere, or
-        for a process that is not one of the model's, only ``poll`` is set)."""
+    def pin(self, cpus: set[int], *, poll: float = 0.0) -> None:
+        """Run this process on ``cpus`` (its forks inherit it), polling ``poll`` seconds for each
+        next request instead of sleeping (Linux; elsewhere, or for a process that is not one of
+        the model's, only ``poll`` is set)."""
         try:
             if self.pid and os.getpgid(self.pid) == self._group:
                 os.sched_setaffinity(self.pid, cpus)
-                if idle:
-                    os.setpriority(os.PRIO_PROCESS, self.pid, 19)
         except (AttributeError, OSError):
             pass
         self._send({"op": "poll", "seconds": poll, "reply": False}, later=True)
-
-    def unpin(self) -> None:
-        """Undo :meth:`pin` for this process and its forks: every core, and the normal priority
-        back where this user may raise a priority (so that a shadow catches up at full speed)."""
-        with contextlib.suppress(AttributeError, OSError):
-            if self.pid and os.getpgid(self.pid) == self._group:
-                os.sched_setaffinity(self.pid, range(os.cpu_count() or 1))
-                os.setpriority(os.PRIO_PGRP, self._group, 0)
 
     @property
     def poll(self) -> float:
