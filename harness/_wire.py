@@ -8,6 +8,7 @@ memory, of a few plain dtypes only.
 
 from __future__ import annotations
 
+import array
 import json
 import math
 import socket
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "Channel", "WireError", "decode", "encode", "receive", "send"]
+__all__ = ["DTYPES", "Channel", "WireError", "decode", "encode", "framed", "receive", "send"]
 
 #: The only dtypes that cross the boundary.
 DTYPES = frozenset({"float64", "float32", "int64", "int32", "int8", "bool"})
@@ -46,7 +47,29 @@ class Channel:
         return self.sock.fileno()
 
     def send_frames(self, frames: list[bytes]) -> None:
-        self.sock.sendall(b"".join(part for f in frames for part in (len(f).to_bytes(8, "little"), f)))
+        self.sock.sendall(framed(frames))
+
+    def send_some(self, data: bytes | memoryview, *, wait: bool) -> int:
+        """Write ``data`` and return how many bytes went; without ``wait``, only as many as the
+        socket takes at once (possibly none)."""
+        if wait:
+            self.sock.sendall(data)
+            return len(data)
+        try:
+            return self.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+
+    def send_fd(self, fd: int, *, wait: bool) -> bool:
+        """Hand file descriptor ``fd`` over as ``multiprocessing.reduction.send_handle`` does (the
+        other side takes it with ``recv_handle``); without ``wait``, False if the socket is full."""
+        fds = array.array("i", [fd])
+        try:
+            self.sock.sendmsg([bytes([1])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)],
+                              0 if wait else socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
 
     def recv_frame(self, limit: int | None = None) -> bytearray:
         if self.spin:
@@ -91,6 +114,11 @@ def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) 
                                        for key, a in zip(arrays or {}, parts)]}
     head = json.dumps(header, allow_nan=True).encode()
     return b"".join([len(head).to_bytes(4, "little"), head, *(a.tobytes() for a in parts)])
+
+
+def framed(frames: list[bytes]) -> bytes:
+    """Frames as the channel writes them: each prefixed with its length (8 bytes)."""
+    return b"".join(part for f in frames for part in (len(f).to_bytes(8, "little"), f))
 
 
 def send(chan: Channel, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:

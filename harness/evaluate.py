@@ -569,9 +569,12 @@ def _stream(
     truth for the model to observe after scoring it.
 
     Audits never touch the pass's process, so it cannot tell an audited block from another: a
-    shadow, forked from it before the first block, gets the same calls without answering. Before
-    an audited block the shadow forks a copy that is asked about the block with its own and later
-    events altered; its answer is compared with the pass's answer at the end of the pass.
+    shadow, forked from it before the first block, observes the same blocks (without scoring
+    them: ``score`` must not change a model's state, and the scores would be thrown away) up to
+    the last audited block, at idle priority. Before an audited block the shadow forks a copy
+    that is asked about the block with its own and later events altered; its answer is compared
+    with the pass's answer at the end of the pass, so a row that differs is either look-ahead or
+    state that ``score`` changed.
     """
     out = _Collector()
     want_rank = "rank" in capabilities and protocol.name != "state"
@@ -581,8 +584,9 @@ def _stream(
     clock = time.perf_counter
     todo = [(max(a, start), min(b, stop)) for a, b in blocks if a < stop and b > start]
     shadow = proc.fork() if auditor is not None else None
-    if shadow is not None and shadow_cpus:
-        shadow.pin(shadow_cpus)
+    if shadow is not None:
+        shadow.idle(shadow_cpus or set())
+    last_audit = max(auditor.lookahead, default=-1) if auditor is not None else -1
     audits: list[tuple[Step, Any, Any, int, int, int]] = []
     pending: tuple[int, int, bool, np.ndarray | None, np.ndarray | None, Any] | None = None
 
@@ -639,19 +643,22 @@ def _stream(
                 altered = shadow.fork(wait=False)
                 altered.step(_altered(block, j, auditor.rng, False), score=score, state=want_state,
                              ends=ends, answer_later=True)
+                altered.release()
                 relabelled = None
                 if want_state:
                     relabelled = shadow.fork(wait=False)
                     relabelled.step(_altered(block, j, auditor.rng, True), score=score, state=True,
                                     answer_later=True)
+                    relabelled.release()
                 out.audit["forks"] += 1 + want_state
                 gaps_before = int((np.flatnonzero(ends) < j).sum()) if ends is not None else 0
                 audit = (altered, relabelled, j, gaps_before)
-            shadow.step(block, score=score, state=want_state, ends=ends, reply=False)
         tic = clock()
         first_scores = proc.score(block) if score and auditor and k in auditor.twice else None
         proc.step(block, score=score, state=want_state, ends=ends, answer_later=True)
         out.model_seconds += clock() - tic
+        if shadow is not None and k < last_audit:  # never ahead of the pass
+            shadow.step(block, score=False, state=want_state, ends=ends, reply=False)
         if pending is not None:
             assert got is not None
             settle_block(got, *pending)
@@ -666,21 +673,23 @@ def _stream(
 
 def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]], out: _Collector) -> None:
     """Compare the audited answers, once the shadow and its copies have given them."""
-    why = "look-ahead: a score row depends on its own or a later event's item, label or features"
+    # the shadow never scored: a difference is look-ahead or state that score() changed
+    changed = " (or score() changed the model's state)"
+    why = "look-ahead: a score row depends on its own or a later event's item, label or features" + changed
     try:
         shadow.sync()
         for got, altered, relabelled, j, gaps_before, event in audits:
             alt = altered.answer()
             _compare(got.scores, alt.scores, j + 1, event, why)
             _compare(got.state, alt.state, j, event,
-                     "look-ahead: a state prediction depends on a later event")
+                     "look-ahead: a state prediction depends on a later event" + changed)
             _compare(got.gap, alt.gap, gaps_before, event,
-                     "look-ahead: a return time depends on a later event of its block")
+                     "look-ahead: a return time depends on a later event of its block" + changed)
             if relabelled is not None:
                 alt = relabelled.answer()
                 _compare(got.scores, alt.scores, j + 1, event, why)
                 _compare(got.state, alt.state, j + 1, event,
-                         "look-ahead: a state prediction depends on its own event's label")
+                         "look-ahead: a state prediction depends on its own event's label" + changed)
             out.audit["lookahead_blocks"] += 1
             out.audit["lookahead_rows"] += j + 1 if got.scores is not None or got.state is not None \
                 else gaps_before
@@ -758,7 +767,7 @@ def _evaluate(
         n_blocks = sum(a < stop and b > start for a, b in part_blocks)
         number = next(passes) if number is None else number
         auditor = _Auditor(protocol, seed, number, n_blocks) if protocol.audits else None
-        with say.bar(desc, stop - start) as pb, placement(probe, audited=auditor is not None) as spare:
+        with say.bar(desc, stop - start) as pb, placement(probe) as spare:
             t0 = time.perf_counter()
             collected = _stream(probe, part, protocol, caps, start, stop, part_blocks, pb.update,
                                 auditor, spare)

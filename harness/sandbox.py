@@ -23,14 +23,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from multiprocessing.reduction import send_handle
 from typing import Any
 
 import numpy as np
 
-from harness._wire import DTYPES, Channel, WireError, encode, receive
+from harness._wire import DTYPES, Channel, WireError, encode, framed, receive
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 
@@ -165,6 +165,9 @@ class LocalModel:
     def pin(self, cpus: set[int], *, poll: float = 0.0) -> None:
         pass
 
+    def idle(self, cpus: set[int]) -> None:
+        pass
+
     poll = 0.0
 
     def close(self) -> None:
@@ -177,32 +180,28 @@ ANSWER_POLL_SECONDS = 0.0002
 
 
 @contextlib.contextmanager
-def placement(proc: Any, *, audited: bool) -> Iterator[set[int]]:
-    """Place the evaluator (this process) and the pass ``proc`` on cores while the block lasts,
-    and yield the cores for an audit's shadow.
+def placement(proc: Any) -> Iterator[set[int]]:
+    """Give the pass ``proc`` a core of its own while the block lasts, the evaluator (this
+    process) the first core, and both poll for each other instead of sleeping.
 
-    A pass is a strict ping-pong between the two. Without audits the pass gets a core of its own
-    and polls for its next block instead of sleeping, and this process polls for answers while
-    they come quickly: on a virtual machine waking a sleeping CPU costs up to 100 µs, more than a
-    small model's whole answer. With audits the shadow, which repeats the pass's work, needs a
-    core of its own: this process and the pass then share one core (each hand-over a plain
-    context switch) and the shadow gets the others (measured in benchmarks/RESULTS.md: both
-    ways of sharing two cores with a shadow were slower)."""
+    A pass is a ping-pong between the two: on a virtual machine waking a sleeping CPU costs up
+    to 100 µs, more than a small model's whole answer, so the pass polls for its next block and
+    this process polls for answers while they come quickly. Yields the cores for an audit's
+    shadow, which runs at idle priority (:meth:`ModelProcess.idle`) on whatever time the two
+    leave."""
     try:
         cpus = os.sched_getaffinity(0)
     except AttributeError:
         yield set()
         return
     if len(cpus) < 2:
-        yield set()
+        yield cpus
         return
-    mine = {min(cpus)}
-    theirs = mine if audited else {sorted(cpus)[1]}
-    os.sched_setaffinity(0, mine)
-    proc.pin(theirs, poll=0.0 if audited else PASS_POLL_SECONDS)
-    proc.poll = 0.0 if audited else ANSWER_POLL_SECONDS
+    os.sched_setaffinity(0, {min(cpus)})
+    proc.pin({sorted(cpus)[1]}, poll=PASS_POLL_SECONDS)
+    proc.poll = ANSWER_POLL_SECONDS
     try:
-        yield cpus - theirs - mine
+        yield cpus
     finally:
         proc.poll = 0.0
         os.sched_setaffinity(0, cpus)
@@ -234,6 +233,7 @@ class ModelProcess:
         self._max_bytes = max_bytes
         self._unacknowledged = 0
         self._outbox: list[bytes] = []  # requests that need no answer, written in batches
+        self._queue: deque[memoryview | socket.socket] = deque()  # written in order, not yet sent
         self._poll = 0.0
         self.pid: int | None = None  # as the model's process reports it (forks only)
 
@@ -276,13 +276,11 @@ class ModelProcess:
         this one is unchanged). Without ``wait`` the copy is made when this process gets to the
         request; :meth:`sync` collects the acknowledgement."""
         ours, theirs = socket.socketpair()
-        try:
-            self._send({"op": "fork"})
-            send_handle(self._conn, theirs.fileno(), self._group)
-        except OSError as exc:
-            raise ModelError(f"the model process has gone ({exc})") from None
-        finally:
-            theirs.close()
+        self._outbox.append(encode({"op": "fork"}))
+        self._queue.append(memoryview(framed(self._outbox)))
+        self._outbox = []
+        self._queue.append(theirs)  # closed here once handed over
+        self._flush(wait=wait)
         child = ModelProcess(Channel(ours), self.meta, self._group, self._max_bytes)
         self._unacknowledged += 1
         if wait:
@@ -302,6 +300,19 @@ class ModelProcess:
             pass
         self._send({"op": "poll", "seconds": poll, "reply": False}, later=True)
 
+    def idle(self, cpus: set[int]) -> None:
+        """Run this process (and its forks) on ``cpus`` only when nothing else wants them
+        (Linux's ``SCHED_IDLE``; elsewhere only the next point holds), sleeping between
+        requests."""
+        try:
+            if self.pid and os.getpgid(self.pid) == self._group:
+                if cpus:
+                    os.sched_setaffinity(self.pid, cpus)
+                os.sched_setscheduler(self.pid, os.SCHED_IDLE, os.sched_param(0))
+        except (AttributeError, OSError):
+            pass
+        self._send({"op": "poll", "seconds": 0.0, "reply": False}, later=True)
+
     @property
     def poll(self) -> float:
         """Seconds this side polls for an answer before sleeping: it polls while answers keep
@@ -319,6 +330,12 @@ class ModelProcess:
             self._answer()
         self._unacknowledged = 0
         self._call({"op": "sync"})
+
+    def release(self) -> None:
+        """Ask this process to end once it has answered the requests sent so far (their answers
+        can still be read); ending early frees the memory it shares with its parent."""
+        self._send({"op": "exit"}, later=True)
+        self._flush(wait=False)
 
     def close(self) -> None:
         """End this process (a fork ends on its own when its channel closes)."""
@@ -391,8 +408,13 @@ class ModelProcess:
         arrays = block_arrays(block)
         if ends is not None and ends.any():
             arrays["ends"] = ends
-        self._send(header, arrays, later=not reply)
-        return self.answer() if reply and not answer_later else Step()
+        if reply and not answer_later:
+            self._send(header, arrays)
+            return self.answer()
+        self._send(header, arrays, later=True)
+        if answer_later:
+            self._flush(wait=False)
+        return Step()
 
     def answer(self) -> Step:
         """The answer to a step sent with ``answer_later``."""
@@ -435,18 +457,39 @@ class ModelProcess:
 
     def _send(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
               later: bool = False) -> None:
-        """Send a request; one that needs no answer (``later``) may wait in the outbox, which
-        goes out in one write with the next request that does, or when it holds 64."""
+        """Send a request. One that needs no answer (``later``) may wait in the outbox, which
+        goes out with the next request that does, or when it holds 64, as far as the socket
+        takes it at once: a process that lags behind never holds up this one."""
         self._outbox.append(encode(header, arrays))
-        if later and len(self._outbox) < 64:
-            return
-        frames, self._outbox = self._outbox, []
+        if not later or len(self._outbox) >= 64:
+            self._flush(wait=not later)
+
+    def _flush(self, *, wait: bool) -> None:
+        """Write the outbox and whatever earlier writes left queued, in order; without
+        ``wait`` only as much as the socket takes now (the rest goes with a later flush)."""
+        if self._outbox:
+            self._queue.append(memoryview(framed(self._outbox)))
+            self._outbox = []
+        queue = self._queue
         try:
-            self._conn.send_frames(frames)
+            while queue:
+                item = queue[0]
+                if isinstance(item, socket.socket):
+                    if not self._conn.send_fd(item.fileno(), wait=wait):
+                        return
+                    item.close()
+                else:
+                    sent = self._conn.send_some(item, wait=wait)
+                    if sent < len(item):
+                        queue[0] = item[sent:]
+                        return
+                queue.popleft()
         except OSError as exc:
             raise ModelError(f"the model process has gone ({exc})") from None
 
     def _receive(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        if self._queue or self._outbox:
+            self._flush(wait=True)
         try:
             return receive(self._conn, self._max_bytes)
         except (EOFError, OSError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from dishonest_models import SEEN, Drifting, Probe, _largest_time_in_process
 
@@ -55,11 +56,16 @@ def test_a_model_that_reads_the_event_it_predicts_fails_the_run(tmp_path, monkey
 def test_a_model_that_overwrites_the_truth_fails_and_a_sneaky_one_changes_nothing(tmp_path):
     record = _run(tmp_path, "Overwriter")
     assert record["status"] == "failed" and "read-only" in record["reason"]
-    # past the read-only flag it overwrites its own copy: the ranks come from the evaluator's
-    # truth (had the overwrite reached it, every guess would rank first: MRR 1.0)
+    # past the read-only flag it overwrites its own copy, which its observe() then learns from:
+    # the audit's shadow, which never scores, learns the truth instead and answers differently
     sneaky = _run(tmp_path / "s", "SneakyOverwriter")
-    assert sneaky["status"] == "ok"
-    assert sneaky["metrics"]["test"]["mrr"] < 0.2 and sneaky["metrics"]["test"]["recall@1"] < 0.2
+    assert sneaky["status"] == "failed"
+    assert "(or score() changed the model's state) at event " in sneaky["reason"]
+    # unaudited, its ranks come from the evaluator's truth (had the overwrite reached it, every
+    # guess would rank first: MRR 1.0)
+    unaudited = _run(tmp_path / "u", "SneakyOverwriter", "--audits", "0")
+    assert unaudited["status"] == "ok"
+    assert unaudited["metrics"]["test"]["mrr"] < 0.2 and unaudited["metrics"]["test"]["recall@1"] < 0.2
 
 
 @needs_wikipedia
@@ -183,3 +189,40 @@ def test_a_return_time_that_reads_later_events_of_its_block_fails_the_run():
     with pytest.raises(AuditFailure, match="a return time depends on a later event of its block"):
         evaluate(dishonest_models.GapSnoop(), realistic_stream(),
                  Protocol("sessions", session_gap=3600.0, audits=64))
+
+
+def test_a_stopped_process_never_holds_up_the_evaluator_and_gets_every_request_in_order():
+    import os
+    import signal
+    import threading
+
+    from toy_models import Counts
+
+    from harness.interactions import Interactions
+    from harness.sandbox import ModelProcess
+
+    rng = np.random.default_rng(0)
+    train = Interactions.from_arrays(rng.integers(0, 50, 500), rng.integers(0, 40, 500),
+                                     np.arange(500.0), n_users=50, n_items=40)
+    block = Interactions.from_arrays([1, 2, 3], [5, 6, 5], [600.0, 601.0, 602.0], n_users=50,
+                                     n_items=40)
+    with ModelProcess.start(Counts()) as proc:
+        proc.fit(train)
+        shadow = proc.fork()
+        assert shadow.pid is not None
+        os.kill(shadow.pid, signal.SIGSTOP)
+        try:  # ~600 kB of requests: far more than the socket holds while nobody reads it
+            def send() -> None:
+                for _ in range(2000):
+                    shadow.step(block, score=False, reply=False)
+                shadow.fork(wait=False)  # a copy, handed over after everything before it
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            sender.join(timeout=60)
+            assert not sender.is_alive(), "the evaluator waited for a stopped process"
+        finally:
+            os.kill(shadow.pid, signal.SIGCONT)
+        copy = shadow.fork()  # made after the 2,000 observations and the first copy
+        expected = np.bincount(train.item, minlength=40) + 2000 * np.bincount(block.item, minlength=40)
+        assert np.array_equal(copy.score(block)[0], expected)
+        shadow.sync()
