@@ -87,7 +87,10 @@ class Model(ABC):
        of a session, ``predict_return_time(...)`` (capability ``return_time``).
 
     A block is a run of consecutive events. When ``supports_blocks`` is true the evaluator passes
-    runs in which no user and no item occurs twice; otherwise every block holds one event.
+    runs in which no user and no item occurs twice; otherwise every block holds one event. A
+    model that declares ``independent_users`` gets its evaluation events user by user instead:
+    block ``k`` holds the ``k``-th event of a pass of every user who has one (users distinct,
+    items may repeat), each user's events in time order, other users' events in any order.
 
     The model runs in a process of its own that holds the training events and the blocks it has
     been asked about, nothing else; every array it gets is a read-only copy. Every run audits its
@@ -102,6 +105,11 @@ class Model(ABC):
     iterative: ClassVar[bool] = False
     #: Epochs to train when the run does not say (iterative models only).
     default_epochs: ClassVar[int] = 1
+    #: True when the answers about a user's event depend only on that user's earlier events and
+    #: what ``fit`` learned, never on other users' evaluation events (per-user recurrent models).
+    #: The evaluator then batches events of many users in one block (see above), and audits the
+    #: claim: a copy that observes only the user's own events must give the same answer.
+    independent_users: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -362,6 +362,56 @@ def iter_blocks(stream: Interactions, max_block: int = 1024) -> Iterator[tuple[i
         yield start, len(stream)
 
 
+def by_user(data: Prepared, max_block: int = 1024) -> tuple[Prepared, list[tuple[int, int]]]:
+    """``data`` with its evaluation events reordered user by user, and the blocks over them.
+
+    Within each part (valid, test), block ``k`` holds the ``k``-th event of every user who has
+    one there (split after ``max_block`` events): each user's events stay in time order and in
+    blocks of their own, and the validation pass's events (up to the last validation event) are
+    never mixed with the test pass's. Only for models that declare
+    ``independent_users``: for them the answers are the same in any order of other users'
+    events, and blocks get as large as the number of users."""
+    n = len(data.events)
+    order = np.arange(n)
+    blocks: list[tuple[int, int]] = []
+    valid_end = _valid_end(data)
+    for start, stop in ((0, valid_end), (valid_end, n)):
+        user = data.events.user[start:stop]
+        grouped = np.argsort(user, kind="stable")
+        first = np.r_[0, np.flatnonzero(np.diff(user[grouped])) + 1]
+        lane = np.empty(len(user), np.int64)
+        lane[grouped] = np.arange(len(user)) - np.repeat(first, np.diff(np.r_[first, len(user)]))
+        order[start:stop] = start + np.argsort(lane, kind="stable")
+        lanes = np.sort(lane)
+        edges = np.r_[0, np.flatnonzero(np.diff(lanes)) + 1, len(lanes)]
+        for a, b in zip(edges[:-1], edges[1:]):
+            blocks += [(int(start + c), int(start + min(c + max_block, b))) for c in range(a, b, max_block)]
+
+    def take(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else array[order]
+
+    moved = replace(data, events=data.events[order], split=data.split[order],
+                    ranked=data.ranked[order], gap=data.gap[order], index=data.index[order],
+                    span=take(data.span))
+    return moved, blocks
+
+
+def _valid_end(data: Prepared) -> int:
+    """Where the validation pass ends: after the last validation event (0 without one)."""
+    in_valid = np.flatnonzero(data.split == _VALID)
+    return int(in_valid[-1]) + 1 if in_valid.size else 0
+
+
+def schedule(data: Prepared, max_block: int, independent_users: bool
+             ) -> tuple[Prepared, list[tuple[int, int]]]:
+    """The evaluation events and their blocks as a pass feeds them: in time order (the rule
+    of :func:`iter_blocks`), or user by user (:func:`by_user`) for models that declare
+    ``independent_users``."""
+    if independent_users:
+        return by_user(data, max_block)
+    return data, list(iter_blocks(data.events, max_block))
+
+
 class AuditFailure(HarnessError):
     """A model's answers broke a rule of the protocol (look-ahead, state change in ``score``,
     non-finite or wrongly shaped predictions): the run is ``failed`` with this reason."""
@@ -393,10 +443,20 @@ class _Collector:
             self.audit[key] += value
 
     def metrics(self, split: int, protocol: Protocol, notes: list[str]) -> dict[str, Any]:
+        """The metrics of one split, summed in the stream's event order whatever order the
+        pass took (so that a model evaluated user by user gets the same floating-point sums)."""
         out: dict[str, Any] = {}
+
+        def in_order(events: list[tuple[np.ndarray, np.ndarray]], *columns: np.ndarray
+                     ) -> list[np.ndarray]:
+            order = np.argsort(np.concatenate([index for _, index in events]), kind="stable")
+            return [column[order] for column in columns]
+
         if self.best:
-            where = np.concatenate(self.rank_split) == split
-            best, worst = np.concatenate(self.best)[where], np.concatenate(self.worst)[where]
+            best, worst, codes = in_order(self.rank_event, np.concatenate(self.best),
+                                          np.concatenate(self.worst), np.concatenate(self.rank_split))
+            where = codes == split
+            best, worst = best[where], worst[where]
             out["queries"] = int(where.sum())
             if where.any():
                 out["mrr"] = mrr(best, worst)
@@ -404,7 +464,7 @@ class _Collector:
                     out[f"recall@{k}"] = recall(best, worst, k)
                     out[f"mrr@{k}"] = mrr(best, worst, k)
         if self.state:
-            labels, probs, where = (np.concatenate(c) for c in zip(*self.state))
+            labels, probs, where = in_order(self.state_event, *(np.concatenate(c) for c in zip(*self.state)))
             labels, probs = labels[where == split], probs[where == split]
             try:
                 out["auc"] = auc(labels, probs)
@@ -413,7 +473,7 @@ class _Collector:
             except ValueError as exc:
                 notes.append(f"auc not reported for split {_SPLIT_NAMES[split]}: {exc}")
         if self.gaps:
-            true, pred, where, span = (np.concatenate(c) for c in zip(*self.gaps))
+            true, pred, where, span = in_order(self.gap_event, *(np.concatenate(c) for c in zip(*self.gaps)))
             sel = where == split
             true, pred, span = true[sel] / 3600.0, pred[sel] / 3600.0, span[sel] / 3600.0  # hours
             if true.size:
@@ -466,24 +526,30 @@ class _Collector:
 
 _SPLIT_NAMES = {_VALID: "valid", _TEST: "test"}
 #: What the audits of a run count: blocks and rows re-scored with their own and later events
-#: altered, blocks scored twice, and forks of the model's process made for the audits.
-AUDIT_COUNTS = ("lookahead_blocks", "lookahead_rows", "twice_blocks", "forks")
+#: altered, blocks scored twice, forks of the model's process made for the audits, and (models
+#: that declare ``independent_users``) rows answered again by a copy that saw only its user.
+AUDIT_COUNTS = ("lookahead_blocks", "lookahead_rows", "twice_blocks", "forks", "own_user_rows")
 
 
 class _Auditor:
     """Which blocks a pass audits (seeded): ``protocol.audits`` blocks re-scored with their own
     and later events altered, and as many other blocks scored twice."""
 
-    def __init__(self, protocol: Protocol, seed: int, pass_number: int, n_blocks: int) -> None:
+    def __init__(self, protocol: Protocol, seed: int, pass_number: int, n_blocks: int,
+                 independent_users: bool = False) -> None:
         self.rng = np.random.default_rng([seed, pass_number, 0xA0D17])
         k = min(protocol.audits, n_blocks)
         self.lookahead = set(self.rng.choice(n_blocks, k, replace=False).tolist())
         self.twice = set(self.rng.choice(n_blocks, k, replace=False).tolist())
+        #: blocks with a row answered again by a copy that observes only that row's user
+        self.own_user = sorted(self.rng.choice(n_blocks, k, replace=False).tolist()) \
+            if independent_users else []
 
 
 def _altered(block: Interactions, j: int, rng: np.random.Generator, only_label: bool) -> Interactions:
     """``block`` with the label (and unless ``only_label`` the item and features) of events
-    ``j`` and later changed; users and times stay, and items stay distinct within the block."""
+    ``j`` and later changed; users and times stay, and items stay distinct within the block
+    where the catalogue allows it."""
     label = block.label.copy()
     label[j:] = 1 - label[j:]
     if only_label:
@@ -492,7 +558,10 @@ def _altered(block: Interactions, j: int, rng: np.random.Generator, only_label: 
     taken = block.item if block.n_items - len(block) >= n else block.item[:j]
     free = np.setdiff1d(np.arange(block.n_items, dtype=block.item.dtype), taken)
     item = block.item.copy()
-    item[j:] = rng.choice(free, n, replace=False)
+    if free.size >= n:
+        item[j:] = rng.choice(free, n, replace=False)
+    else:  # a block of more events than free items (user by user, items may repeat)
+        item[j:] = (item[j:] + rng.integers(1, max(block.n_items, 2), n)) % block.n_items
     features = block.features.copy()
     features[j:] = rng.normal(size=features[j:].shape)
     return replace(block, item=item, label=label, features=features)
@@ -588,11 +657,16 @@ def _stream(
         shadow.idle(shadow_cpus or set())
     last_audit = max(auditor.lookahead, default=-1) if auditor is not None else -1
     audits: list[tuple[Step, Any, Any, int, int, int]] = []
-    pending: tuple[int, int, bool, np.ndarray | None, np.ndarray | None, Any] | None = None
+    own = _own_user_copies(shadow, auditor, events, todo, start) if shadow is not None else {}
+    out.audit["forks"] += len({id(c) for cs in own.values() for c in cs})
+    pending: tuple[int, int, int, bool, np.ndarray | None, np.ndarray | None, Any] | None = None
 
-    def settle_block(got: Step, a: int, b: int, score: bool, ends: np.ndarray | None,
+    def settle_block(got: Step, k: int, a: int, b: int, score: bool, ends: np.ndarray | None,
                      first_scores: np.ndarray | None, audit: Any) -> None:
         block, index, ranked = events[a:b], data.index[a:b], data.ranked[a:b]
+        for check in own.get(k, ()):
+            if check.target == k:
+                check.got = got
         n_ends = int(ends.sum()) if ends is not None else 0
         _check_answers(got, block, score, want_state, n_ends, index)
         if first_scores is not None:
@@ -659,20 +733,82 @@ def _stream(
         out.model_seconds += clock() - tic
         if shadow is not None and k < last_audit:  # never ahead of the pass
             shadow.step(block, score=False, state=want_state, ends=ends, reply=False)
+        for check in own.get(k, ()):
+            check.feed(k, events, a, score, want_state, ends)
         if pending is not None:
             assert got is not None
             settle_block(got, *pending)
-        pending = (a, b, score, ends, first_scores, audit)
+        pending = (k, a, b, score, ends, first_scores, audit)
     if pending is not None:
         settle_block(collect(), *pending)
     if shadow is not None:
         out.audit["forks"] += 1
-        _settle(shadow, audits, out)
+        _settle(shadow, audits, own, data.index, out)
     return out
 
 
-def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]], out: _Collector) -> None:
+class _OwnUserCheck:
+    """A copy of the pass at its start that observes only one user's events of the pass and
+    answers about one of them again (models that declare ``independent_users``)."""
+
+    def __init__(self, copy: Any, target: int, row: int, at: dict[int, int]) -> None:
+        self.copy, self.target, self.row, self.at = copy, target, row, at
+        self.got: Step | None = None
+        self.event = -1
+        self.gap_row: int | None = None
+
+    def feed(self, k: int, events: Interactions, a: int, score: bool, state: bool,
+             ends: np.ndarray | None) -> None:
+        """Block ``k`` of the pass (just sent to the pass): this user's row of it, if any."""
+        p = self.at[k]
+        row_ends = ends[p - a:p - a + 1] if ends is not None else None
+        if k < self.target:
+            self.copy.step(events[p:p + 1], score=False, state=state, ends=row_ends, reply=False)
+            return
+        self.copy.step(events[p:p + 1], score=score, state=state, ends=row_ends, answer_later=True)
+        self.copy.release()
+        if ends is not None and ends[p - a]:
+            self.gap_row = int(ends[:p - a].sum())
+
+    def compare(self, index: np.ndarray) -> None:
+        assert self.got is not None
+        i = self.row
+        event = int(index[self.at[self.target]])
+        alt = self.copy.answer()
+        why = ("not independent of other users: a copy that observed only this user's events "
+               "answers differently (the model declares independent_users)")
+        got = self.got
+        _compare(None if got.scores is None else got.scores[i:i + 1], alt.scores, 1, event, why)
+        _compare(None if got.state is None else got.state[i:i + 1], alt.state, 1, event, why)
+        if self.gap_row is not None and got.gap is not None:
+            _compare(got.gap[self.gap_row:self.gap_row + 1], alt.gap, 1, event, why)
+
+
+def _own_user_copies(shadow: Any, auditor: _Auditor | None, events: Interactions,
+                     todo: list[tuple[int, int]], start: int) -> dict[int, list[_OwnUserCheck]]:
+    """For each of the auditor's ``own_user`` blocks, a copy of the shadow before its first
+    block that will be fed one user's rows up to a row of that block; by the blocks it needs."""
+    checks: dict[int, list[_OwnUserCheck]] = {}
+    if auditor is None or not auditor.own_user:
+        return checks
+    starts = np.array([a for a, _ in todo])
+    for target in auditor.own_user:
+        a, b = todo[target]
+        row = int(auditor.rng.integers(b - a))
+        user = events.user[a + row]
+        positions = start + np.flatnonzero(events.user[start:a + row + 1] == user)
+        ks = np.searchsorted(starts, positions, side="right") - 1
+        at = dict(zip(ks.tolist(), positions.tolist()))
+        check = _OwnUserCheck(shadow.fork(wait=False), target, row, at)
+        for k in ks.tolist():
+            checks.setdefault(k, []).append(check)
+    return checks
+
+
+def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]],
+            own: dict[int, list[_OwnUserCheck]], index: np.ndarray, out: _Collector) -> None:
     """Compare the audited answers, once the shadow and its copies have given them."""
+    checks = list({id(c): c for cs in own.values() for c in cs}.values())
     # the shadow never scored: a difference is look-ahead or state that score() changed
     changed = " (or score() changed the model's state)"
     why = "look-ahead: a score row depends on its own or a later event's item, label or features" + changed
@@ -693,11 +829,16 @@ def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]], out
             out.audit["lookahead_blocks"] += 1
             out.audit["lookahead_rows"] += j + 1 if got.scores is not None or got.state is not None \
                 else gaps_before
+        for check in checks:
+            check.compare(index)
+            out.audit["own_user_rows"] += 1
     finally:
         for _, altered, relabelled, _, _, _ in audits:
             for clone in (altered, relabelled):
                 if clone is not None:
                     clone.close()
+        for check in checks:
+            check.copy.close()
         shadow.close()
 
 
@@ -756,9 +897,13 @@ def _evaluate(
                          "prepare it with the same protocol")
     notes: list[str] = []
     max_block = protocol.max_block if meta["supports_blocks"] else 1
-    blocks = list(iter_blocks(data.events, max_block))
-    in_valid = np.flatnonzero(data.split == _VALID)
-    valid_end = int(in_valid[-1]) + 1 if in_valid.size else 0
+    valid_end = _valid_end(data)
+    independent = bool(meta.get("independent_users")) and max_block > 1
+    data, blocks = schedule(data, max_block, independent)
+    if independent:
+        notes.append("evaluated user by user (the model declares independent_users): block k "
+                     "holds every user's k-th event of the pass; audited by copies that observe "
+                     "only their own user's events")
     passes = iter(range(1, 1 << 30))
 
     def run_pass(probe: ModelProcess, part: Prepared, part_blocks: list[tuple[int, int]],
@@ -766,7 +911,7 @@ def _evaluate(
                  ) -> tuple[_Collector, float]:
         n_blocks = sum(a < stop and b > start for a, b in part_blocks)
         number = next(passes) if number is None else number
-        auditor = _Auditor(protocol, seed, number, n_blocks) if protocol.audits else None
+        auditor = _Auditor(protocol, seed, number, n_blocks, independent) if protocol.audits else None
         with say.bar(desc, stop - start) as pb, placement(probe) as spare:
             t0 = time.perf_counter()
             collected = _stream(probe, part, protocol, caps, start, stop, part_blocks, pb.update,
@@ -905,7 +1050,7 @@ def _evaluate(
                          + (f" for {best_epoch} epochs (the best validation epoch)" if n_epochs
                             else "") + " was tested")
             test_data, test_start = data.refit, 0
-            test_blocks = list(iter_blocks(test_data.events, max_block))
+            test_data, test_blocks = schedule(test_data, max_block, independent)
         rest, test_seconds = run_pass(probe, test_data, test_blocks, test_start,
                                       len(test_data.events), "test")
         collected.extend(rest)
@@ -942,20 +1087,27 @@ def _evaluate(
     )
 
 
-def replay(model: Model, data: Prepared, protocol: Protocol, max_block: int) -> dict[str, np.ndarray]:
+def replay(model: Model, data: Prepared, protocol: Protocol, max_block: int,
+           user_by_user: bool = False) -> dict[str, np.ndarray]:
     """Stream all of ``data.events`` through an already fitted ``model`` in this process (read-only
-    copies of each block, no audits) and return the raw predictions: ``best``/``worst`` ranks of
-    the ranked events, ``state`` probabilities and ``gap`` predictions, in event order. The
-    conformance checks compare such replays."""
-    blocks = list(iter_blocks(data.events, max_block))
+    copies of each block, no audits; in time order, or :func:`by_user`) and return the raw
+    predictions: ``best``/``worst`` ranks of the ranked events, ``state`` probabilities and
+    ``gap`` predictions, in event order. The conformance checks compare such replays."""
+    data, blocks = schedule(data, max_block, user_by_user)
     local = LocalModel(model)
     got = _stream(local, data, protocol, type(model).capabilities, 0, len(data.events), blocks, None)
-    cat = lambda parts: np.concatenate(parts) if parts else np.empty(0)  # noqa: E731
+
+    def cat(parts: list[np.ndarray], events: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        if not parts:
+            return np.empty(0)
+        order = np.argsort(np.concatenate([index for _, index in events]), kind="stable")
+        return np.concatenate(parts)[order]
+
     return {
-        "best": cat(got.best),
-        "worst": cat(got.worst),
-        "state": cat([p for _, p, _ in got.state]),
-        "gap": cat([p for _, p, _, _ in got.gaps]),
+        "best": cat(got.best, got.rank_event),
+        "worst": cat(got.worst, got.rank_event),
+        "state": cat([p for _, p, _ in got.state], got.state_event),
+        "gap": cat([p for _, p, _, _ in got.gaps], got.gap_event),
     }
 
 

@@ -101,6 +101,7 @@ def model_meta(cls: Any, model: Any, name: str) -> dict[str, Any]:
         "param_names": cls.param_names(),
         "capabilities": sorted(cls.capabilities),
         "supports_blocks": bool(cls.supports_blocks),
+        "independent_users": bool(getattr(cls, "independent_users", False)),
         "iterative": bool(cls.iterative),
         "default_epochs": int(cls.default_epochs),
         "params": params,

@@ -245,3 +245,11 @@ class GapSnoop(Counts):
 
     def predict_return_time(self, user, t):
         return np.full(len(user), 3600.0 + self.block_items_)
+
+
+class FalselyIndependent(Counts):
+    """Declares ``independent_users`` but scores by every user's counts: evaluated user by user,
+    it would learn other users' later events before scoring an earlier one."""
+
+    capabilities = frozenset({"rank"})
+    independent_users = True

@@ -16,7 +16,7 @@ from dishonest_models import SEEN, Drifting, Probe, _largest_time_in_process
 
 from harness.cli import main
 from harness.data import open_dataset
-from harness.evaluate import AuditFailure, Protocol, evaluate, prepare
+from harness.evaluate import AuditFailure, Protocol, evaluate, iter_blocks, prepare
 from harness.records import load_records
 
 WIKIPEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia.csv"
@@ -102,7 +102,7 @@ def test_honest_runs_record_their_audits(tmp_path):
     ("GcSnoop", "audited_run"), ("StackSnoop", "audited_run"), ("BaseWalker", "no_lookahead"),
     ("ArgvSnoop", "audited_run"), ("Chameleon", "audited_run"), ("Overwriter", "predictions_shape"),
     ("Rememberer", "passes_leave_nothing"), ("NaNScores", "predictions_shape"),
-    ("WrongShape", "predictions_shape"),
+    ("WrongShape", "predictions_shape"), ("FalselyIndependent", "independent_users"),
 ])
 def test_validate_fails_every_dishonest_model_with_one_line_per_check(plugin, check, capsys):
     SEEN.clear()
@@ -116,7 +116,7 @@ def test_validate_fails_every_dishonest_model_with_one_line_per_check(plugin, ch
     from harness.testing import applicable_checks
 
     assert len(lines) - 1 == len(applicable_checks(getattr(dishonest_models, plugin)()))
-    assert lines[-1].endswith("failed")
+    assert lines[-1].split(", ")[1].endswith("failed")  # then "N skipped" where checks do not apply
 
 
 def test_validate_passes_the_honest_model(capsys):
@@ -226,3 +226,31 @@ def test_a_stopped_process_never_holds_up_the_evaluator_and_gets_every_request_i
         expected = np.bincount(train.item, minlength=40) + 2000 * np.bincount(block.item, minlength=40)
         assert np.array_equal(copy.score(block)[0], expected)
         shadow.sync()
+
+
+def test_a_model_that_falsely_declares_independent_users_fails_the_own_user_audit():
+    from dishonest_models import FalselyIndependent
+
+    from harness.testing import realistic_stream
+
+    with pytest.raises(AuditFailure, match="^not independent of other users: .* at event "):
+        evaluate(FalselyIndependent(), realistic_stream(n_events=6000), Protocol(audits=4))
+
+
+def test_by_user_blocks_keep_each_user_in_time_order_and_the_passes_apart():
+    from harness.evaluate import by_user
+    from harness.testing import realistic_stream
+
+    data = prepare(realistic_stream(n_events=6000), Protocol("streaming"))
+    moved, blocks = by_user(data, max_block=50)
+    valid_end = int(np.flatnonzero(data.split == 1)[-1]) + 1
+    assert sorted(moved.index.tolist()) == sorted(data.index.tolist())  # every event once
+    assert [a for a, _ in blocks] == [0] + [b for _, b in blocks[:-1]] and blocks[-1][1] == len(data.events)
+    assert any(a < valid_end <= b - 1 for a, b in blocks) is False  # no block spans both passes
+    assert np.array_equal(np.sort(moved.index[:valid_end]), np.sort(data.index[:valid_end]))
+    for a, b in blocks:
+        users = moved.events.user[a:b]
+        assert len(np.unique(users)) == b - a <= 50
+    for user in np.unique(moved.events.user):  # each user's events in time order
+        assert np.all(np.diff(moved.index[moved.events.user == user]) > 0)
+    assert max(b - a for a, b in blocks) == 50 and len(blocks) < len(list(iter_blocks(data.events)))

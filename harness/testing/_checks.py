@@ -144,6 +144,18 @@ def check_block_equals_single(model: Model) -> None:
     _assert_same(blocked, single, "block vs one-at-a-time evaluation")
 
 
+def check_independent_users(model: Model) -> None:
+    """A model that declares ``independent_users`` gives the same answers evaluated user by user
+    as in time order (blocks of many users' events; see ``harness.evaluate.by_user``)."""
+    if not getattr(type(model), "independent_users", False) or not type(model).supports_blocks:
+        return
+    data, protocol = _data(model)
+    fitted = _fitted(model, data)
+    by_user = replay(copy.deepcopy(fitted), data, protocol, max_block=1024, user_by_user=True)
+    in_time = replay(copy.deepcopy(fitted), data, protocol, max_block=1024)
+    _assert_same(by_user, in_time, "user-by-user vs time-order evaluation")
+
+
 def check_no_lookahead(model: Model) -> None:
     """A prediction for an event never depends on that event or later ones.
 
@@ -302,6 +314,7 @@ CHECKS: dict[str, Callable[[Model], None]] = {
     "params_round_trip": check_params_round_trip,
     "predictions_shape": check_predictions_shape,
     "block_equals_single": check_block_equals_single,
+    "independent_users": check_independent_users,
     "no_lookahead": check_no_lookahead,
     "seed_determinism": check_seed_determinism,
     "pickle_round_trip": check_pickle_round_trip,
@@ -316,6 +329,8 @@ def applicable_checks(model: Model) -> list[str]:
     names = list(CHECKS)
     if not type(model).supports_blocks:
         names.remove("block_equals_single")
+    if not (type(model).supports_blocks and getattr(type(model), "independent_users", False)):
+        names.remove("independent_users")
     return names
 
 

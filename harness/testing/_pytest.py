@@ -28,6 +28,9 @@ class ModelConformance:
     def test_block_equals_single(self, model):
         self._run(model, "block_equals_single")
 
+    def test_independent_users(self, model):
+        self._run(model, "independent_users")
+
     def test_no_lookahead(self, model):
         self._run(model, "no_lookahead")
 

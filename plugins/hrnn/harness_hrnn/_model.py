@@ -87,6 +87,8 @@ class HierarchicalModel(Model):
     capabilities: ClassVar[frozenset[str]] = frozenset({"rank"})
     supports_blocks: ClassVar[bool] = True
     iterative: ClassVar[bool] = True
+    #: A user's state comes from the user's own events only: evaluated user by user.
+    independent_users: ClassVar[bool] = True
     _name: ClassVar[str] = "model"
 
     # Set by subclasses' constructors; listed here for the shared code.

@@ -132,3 +132,24 @@ def test_score_rows_are_exact_in_blocks_of_any_size():
     for start, size in ((0, 1), (7, 1), (3, 2), (50, 4), (11, 5), (100, 17), (0, 300)):
         np.testing.assert_array_equal(score_rows(h[start : start + size], weight, bias),
                                       full[start : start + size])
+
+
+class InTimeOrder(HRNN):
+    """HRNN evaluated in time order (a module-level class: its process imports it)."""
+
+    independent_users = False
+
+
+def test_evaluated_user_by_user_it_gives_the_numbers_of_time_order():
+    """HRNN declares independent_users: the evaluator batches events of many users out of time
+    order, audits that each user's answers come from that user's events only (exactly), and
+    every metric is the one time order gives."""
+    from harness.evaluate import evaluate
+
+    protocol = Protocol("sessions", session_gap=3600.0, audits=8)
+    data = prepare(random_stream(n_events=3000, n_items=40), protocol)
+    by_user = evaluate(HRNN(**SMALL), data, protocol, epochs=1)
+    in_time = evaluate(InTimeOrder(**SMALL), data, protocol, epochs=1)
+    assert by_user.audit["own_user_rows"] == 2 * 8 and in_time.audit["own_user_rows"] == 0
+    assert any("user by user" in note for note in by_user.notes)
+    assert by_user.metrics == in_time.metrics
