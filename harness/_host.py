@@ -113,12 +113,12 @@ class _Host:
         return {"report": report if isinstance(report, dict) else None}
 
     def score(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
-        return {}, {"scores": plain_array(self.model.score(_block(header, arrays)), "score")}
+        return {}, {"scores": plain_array(self.model.score(_block(header, arrays)), "score", False)}
 
     def step(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
         block = _block(header, arrays)
         return {}, answer_block(self.model, block, score=bool(header.get("score")),
-                                state=bool(header.get("state")), ends=arrays.get("ends"))
+                                state=bool(header.get("state")), ends=arrays.get("ends"), fresh=False)
 
     # -- serving ----------------------------------------------------------------------------------
 

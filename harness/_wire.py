@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "Channel", "WireError", "decode", "encode", "framed", "receive", "send"]
+__all__ = ["DTYPES", "Channel", "WireError", "decode", "encode", "frame", "framed", "receive", "send"]
 
 #: The only dtypes that cross the boundary.
 DTYPES = frozenset({"float64", "float32", "int64", "int32", "int8", "bool"})
@@ -46,7 +46,8 @@ class Channel:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send_frames(self, frames: list[bytes]) -> None:
+    def send_frames(self, frames: list[bytearray]) -> None:
+        """Write messages made by :func:`frame`."""
         self.sock.sendall(framed(frames))
 
     def send_some(self, data: bytes | memoryview, *, wait: bool) -> int:
@@ -106,36 +107,52 @@ class Channel:
         self.sock.close()
 
 
-def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
-    """One frame: the header's length (4 bytes), the header as JSON, then the arrays' bytes."""
+def frame(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytearray:
+    """One message as the channel writes it, in one buffer (the arrays copied once): its length
+    (8 bytes), the header's length (4 bytes), the header as JSON, then the arrays' bytes."""
     parts = [np.ascontiguousarray(a) for a in (arrays or {}).values()]
     if parts:
         header = {**header, "arrays": [[key, _NAMES.get(a.dtype) or a.dtype.name, a.shape]
                                        for key, a in zip(arrays or {}, parts)]}
     head = json.dumps(header, allow_nan=True).encode()
-    return b"".join([len(head).to_bytes(4, "little"), head, *(a.tobytes() for a in parts)])
+    size = 4 + len(head) + sum(a.nbytes for a in parts)
+    out = bytearray(8 + size)
+    out[:8], out[8:12] = size.to_bytes(8, "little"), len(head).to_bytes(4, "little")
+    out[12:12 + len(head)] = head
+    offset = 12 + len(head)
+    for a in parts:
+        np.frombuffer(out, np.uint8, a.nbytes, offset)[:] = a.reshape(-1).view(np.uint8)
+        offset += a.nbytes
+    return out
 
 
-def framed(frames: list[bytes]) -> bytes:
-    """Frames as the channel writes them: each prefixed with its length (8 bytes)."""
-    return b"".join(part for f in frames for part in (len(f).to_bytes(8, "little"), f))
+def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    """One message without the channel's length prefix (as :func:`decode` reads it)."""
+    return bytes(memoryview(frame(header, arrays))[8:])
+
+
+def framed(frames: list[bytearray]) -> bytes | bytearray:
+    """Messages made by :func:`frame`, as one buffer to write."""
+    return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 def send(chan: Channel, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
     """Send ``header`` (JSON values) and ``arrays`` as one frame."""
-    chan.send_frames([encode(header, arrays)])
+    chan.send_frames([frame(header, arrays)])
 
 
-def receive(chan: Channel, max_bytes: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Receive one frame: its header and its arrays (owned, read-only).
+def receive(chan: Channel, max_bytes: int | None = None, *, own: bool = True
+            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Receive one frame: its header and its arrays (read-only; each owning its memory unless
+    ``own`` is false, when they are views of the frame that holds this message only).
 
     Raises :class:`WireError` for anything that does not follow the format, ``EOFError`` when
     the other side has gone.
     """
-    return decode(chan.recv_frame(None if max_bytes is None else max_bytes + _MAX_HEADER))
+    return decode(chan.recv_frame(None if max_bytes is None else max_bytes + _MAX_HEADER), own=own)
 
 
-def decode(frame: bytes | bytearray) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def decode(frame: bytes | bytearray, *, own: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The header and arrays of one frame made by :func:`encode` (see :func:`receive`)."""
     size = int.from_bytes(frame[:4], "little")
     if len(frame) < 4 or size > _MAX_HEADER or 4 + size > len(frame):
@@ -161,7 +178,8 @@ def decode(frame: bytes | bytearray) -> tuple[dict[str, Any], dict[str, np.ndarr
         if offset + nbytes > len(frame):
             raise WireError(f"array {key!r}: the frame ends before its {nbytes} bytes")
         array = np.frombuffer(frame, dtype=_TYPES[dtype], count=count, offset=offset).reshape(shape)
-        array = array.copy()  # owns its memory
+        if own:
+            array = array.copy()
         array.flags.writeable = False
         arrays[str(key)] = array
         offset += nbytes

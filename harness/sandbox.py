@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from harness._wire import DTYPES, Channel, WireError, encode, framed, receive
+from harness._wire import DTYPES, Channel, WireError, frame, framed, receive
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 
@@ -109,9 +109,10 @@ def model_meta(cls: Any, model: Any, name: str) -> dict[str, Any]:
     }
 
 
-def plain_array(value: Any, what: str) -> np.ndarray:
-    """A model's answer as a fresh array of a dtype the wire carries."""
-    array = np.array(value, copy=True)
+def plain_array(value: Any, what: str, fresh: bool = True) -> np.ndarray:
+    """A model's answer as an array of a dtype the wire carries (a copy unless ``fresh`` is
+    false: the model's process writes the answer out at once)."""
+    array = np.array(value, copy=True) if fresh else np.asarray(value)
     if array.dtype.name not in DTYPES:
         if array.dtype.kind not in "fiub":
             raise TypeError(f"{what}() returned an array of dtype {array.dtype}, not numbers")
@@ -120,18 +121,18 @@ def plain_array(value: Any, what: str) -> np.ndarray:
 
 
 def answer_block(model: Any, block: Interactions, *, score: bool, state: bool,
-                 ends: np.ndarray | None) -> dict[str, np.ndarray]:
+                 ends: np.ndarray | None, fresh: bool = True) -> dict[str, np.ndarray]:
     """One step of a pass: the scores (copied before the model observes the block), then
     ``observe``, then the states and the return times of the users whose visits end at ``ends``."""
     out: dict[str, np.ndarray] = {}
     if score:
-        out["scores"] = plain_array(model.score(block), "score")
+        out["scores"] = plain_array(model.score(block), "score", fresh)
     model.observe(block)
     if state:
-        out["state"] = plain_array(model.predict_state(block), "predict_state")
+        out["state"] = plain_array(model.predict_state(block), "predict_state", fresh)
     if ends is not None:
         out["gap"] = plain_array(model.predict_return_time(block.user[ends], block.t[ends]),
-                                 "predict_return_time")
+                                 "predict_return_time", fresh)
     return out
 
 
@@ -233,7 +234,7 @@ class ModelProcess:
         self._group = group
         self._max_bytes = max_bytes
         self._unacknowledged = 0
-        self._outbox: list[bytes] = []  # requests that need no answer, written in batches
+        self._outbox: list[bytearray] = []  # requests that need no answer, written in batches
         self._queue: deque[memoryview | socket.socket] = deque()  # written in order, not yet sent
         self._poll = 0.0
         self.pid: int | None = None  # as the model's process reports it (forks only)
@@ -277,7 +278,7 @@ class ModelProcess:
         this one is unchanged). Without ``wait`` the copy is made when this process gets to the
         request; :meth:`sync` collects the acknowledgement."""
         ours, theirs = socket.socketpair()
-        self._outbox.append(encode({"op": "fork"}))
+        self._outbox.append(frame({"op": "fork"}))
         self._queue.append(memoryview(framed(self._outbox)))
         self._outbox = []
         self._queue.append(theirs)  # closed here once handed over
@@ -461,7 +462,7 @@ class ModelProcess:
         """Send a request. One that needs no answer (``later``) may wait in the outbox, which
         goes out with the next request that does, or when it holds 64, as far as the socket
         takes it at once: a process that lags behind never holds up this one."""
-        self._outbox.append(encode(header, arrays))
+        self._outbox.append(frame(header, arrays))
         if not later or len(self._outbox) >= 64:
             self._flush(wait=not later)
 
@@ -492,7 +493,7 @@ class ModelProcess:
         if self._queue or self._outbox:
             self._flush(wait=True)
         try:
-            return receive(self._conn, self._max_bytes)
+            return receive(self._conn, self._max_bytes, own=False)  # answers: never a model's
         except (EOFError, OSError):
             raise ModelError(f"the model process died{self._exit_note()}") from None
         except WireError as exc:
