@@ -3,13 +3,13 @@ against user by user.
 
 On the proportional LastFM-1K-sized set of ``bench_sessions.py`` (``--scale k``: 977/k users,
 630,774/k sessions, all 94,284 items), a model is fitted (its state built from the training
-part; no training epoch: the speed of a pass does not depend on the weights), then the first
-``--eval-events`` evaluation events (every user's first ones, in time order) are evaluated the way `harness run` does it: the
-model in its own process, a fork for the pass, every block's scores over all 94,284 items sent to
-the evaluator and ranked there, the default audits (16 look-ahead, 16 twice-scored and, user by
-user, 16 own-user copies). Once in time order (blocks of distinct users and items, what every
-model gets) and once user by user (block k = every user's k-th event; models that declare
-``independent_users``).
+part; no training epoch: the speed of a pass does not depend on the weights), then about
+``--eval-events`` evaluation events (every user's first ones, in time order) are evaluated the
+way `harness run` does it: the model in its own process, a fork for the pass, every block's
+scores over all 94,284 items sent to the evaluator and ranked there, the default audits (16
+look-ahead, 16 twice-scored and, user by user, 16 own-user copies). Once in time order (blocks
+of distinct users and items, what every model gets) and once user by user (block k = every
+user's k-th event; models that declare ``independent_users``).
 
     python benchmarks/bench_sessions_eval.py [--models hrnn,thrnn] [--scale 10] [--eval-events 20000]
 """
