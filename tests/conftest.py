@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
 
 _databases = itertools.count()
+
+# A test run started in the background by a non-interactive shell inherits SIGINT ignored, and so
+# would every `harness` process it starts: the Ctrl-C tests need Python's own handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
