@@ -139,7 +139,10 @@ class _Host:
                 continue
             reply = header.get("reply", True)
             if self.pending_error is not None and reply:
-                send(conn, self.pending_error)
+                try:
+                    send(conn, self.pending_error)
+                except OSError:
+                    return
                 self.pending_error = None
                 continue
             try:
@@ -150,7 +153,10 @@ class _Host:
             except BaseException as exc:  # the model's errors go back as answers
                 message, out = _error(exc), {}
             if reply:
-                send(conn, message, out)
+                try:
+                    send(conn, message, out)
+                except OSError:  # the evaluator has gone (Ctrl-C): nobody is left to answer
+                    return
             elif not message["ok"]:
                 self.pending_error = message
 
