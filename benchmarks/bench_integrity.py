@@ -8,7 +8,8 @@ training:
 - ``isolated``: the model in its own process, a fork per pass, blocks over a socket, no audit;
 - ``isolated+audits``: the same with the default audits (16 per pass, a fork every 64 blocks).
 
-Raw samples are printed as JSON; the table shows the minimum over repeats (the machine is shared).
+Every mode computes on one CPU thread, as `harness run` does. Raw samples are printed as JSON;
+the table shows the minimum over repeats (the machine is shared).
 
     python benchmarks/bench_integrity.py [--models jodie,popularity] [--repeats 2] [--epochs 1]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +38,9 @@ def in_process(name: str, data, protocol: Protocol, epochs: int) -> tuple[float,
     """Fit and train here, then stream valid+test through the model object (no audits)."""
     cls = resolve_model(name)
     model = build_model(cls, {}, name)
+    torch = sys.modules.get("torch")
+    if torch is not None:  # one thread, as `harness run` and every pass's fork compute
+        torch.set_num_threads(1)
     model.fit(data.train, seed=0)
     if cls.iterative:
         for _ in range(epochs):
@@ -51,7 +56,8 @@ def in_process(name: str, data, protocol: Protocol, epochs: int) -> tuple[float,
 
 
 def isolated(name: str, data, audits: int, epochs: int) -> tuple[float, float, dict]:
-    result = evaluate(ModelRef(name), data, Protocol("streaming", audits=audits), epochs=epochs)
+    result = evaluate(ModelRef(name), data, Protocol("streaming", audits=audits), epochs=epochs,
+                      threads=1)
     return result.timing["eval_seconds"], result.metrics["test"]["mrr"], result.audit
 
 

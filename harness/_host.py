@@ -10,6 +10,7 @@ is trusted: the evaluator checks every answer on its own side.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import pickle
 import sys
@@ -34,6 +35,8 @@ class _Host:
         self.children: set[int] = set()
         self.pending_error: dict[str, Any] | None = None
         self.conn: Channel | None = None
+        #: The answer segment the evaluator shares with this process (this process only).
+        self.segment: np.ndarray | None = None
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -137,6 +140,9 @@ class _Host:
             if op == "fork":
                 self._fork(conn)
                 continue
+            if op == "segment":
+                self._map_segment(conn)
+                continue
             reply = header.get("reply", True)
             if self.pending_error is not None and reply:
                 try:
@@ -154,11 +160,21 @@ class _Host:
                 message, out = _error(exc), {}
             if reply:
                 try:
-                    send(conn, message, out)
+                    send(conn, message, out, self.segment)
                 except OSError:  # the evaluator has gone (Ctrl-C): nobody is left to answer
                     return
             elif not message["ok"]:
                 self.pending_error = message
+
+    def _map_segment(self, conn: Channel) -> None:
+        """Write large answers from now on to the memory segment whose descriptor follows."""
+        fd = recv_handle(conn)
+        try:
+            self.segment = np.frombuffer(mmap.mmap(fd, os.fstat(fd).st_size), np.uint8)
+        except (OSError, ValueError):
+            pass  # answers keep going over the socket
+        finally:
+            os.close(fd)
 
     def _fork(self, conn: Channel) -> None:
         fd = recv_handle(conn)
@@ -166,6 +182,7 @@ class _Host:
         if pid == 0:
             conn.close()
             self.children.clear()
+            self.segment = None  # its parent's answers go there
             _die_with_parent()
             _one_thread_after_fork()
             try:

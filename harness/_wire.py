@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DTYPES", "Channel", "WireError", "decode", "encode", "frame", "framed", "receive", "send"]
+__all__ = ["DTYPES", "SHARED_MIN", "Channel", "Scratch", "WireError", "decode", "encode", "frame", "framed",
+           "receive", "send"]
 
 #: The only dtypes that cross the boundary.
 DTYPES = frozenset({"float64", "float32", "int64", "int32", "int8", "bool"})
 _MAX_HEADER = 1 << 20
+#: Arrays from this size go through a shared answer segment when the sender has one.
+SHARED_MIN = 1 << 20
 _NAMES = {np.dtype(name): name for name in DTYPES}
 _TYPES = {name: np.dtype(name) for name in DTYPES}
 
@@ -107,20 +110,36 @@ class Channel:
         self.sock.close()
 
 
-def frame(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytearray:
+def frame(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
+          segment: np.ndarray | None = None) -> bytearray:
     """One message as the channel writes it, in one buffer (the arrays copied once): its length
-    (8 bytes), the header's length (4 bytes), the header as JSON, then the arrays' bytes."""
+    (8 bytes), the header's length (4 bytes), the header as JSON, then the arrays' bytes.
+
+    With a ``segment`` (the writable bytes of a memory segment the receiver maps, see
+    :meth:`harness.sandbox.ModelProcess.share_answers`), arrays of :data:`SHARED_MIN` bytes or
+    more that fit are written there instead, and the header gives their offset."""
     parts = [np.ascontiguousarray(a) for a in (arrays or {}).values()]
-    if parts:
-        header = {**header, "arrays": [[key, _NAMES.get(a.dtype) or a.dtype.name, a.shape]
-                                       for key, a in zip(arrays or {}, parts)]}
+    entries: list[list[Any]] = []
+    inline: list[np.ndarray] = []
+    at = 0
+    for key, a in zip(arrays or {}, parts):
+        entry: list[Any] = [key, _NAMES.get(a.dtype) or a.dtype.name, a.shape]
+        if segment is not None and a.nbytes >= SHARED_MIN and at + a.nbytes <= len(segment):
+            segment[at:at + a.nbytes] = a.reshape(-1).view(np.uint8)
+            entry.append(at)
+            at += -(-a.nbytes // 64) * 64
+        else:
+            inline.append(a)
+        entries.append(entry)
+    if entries:
+        header = {**header, "arrays": entries}
     head = json.dumps(header, allow_nan=True).encode()
-    size = 4 + len(head) + sum(a.nbytes for a in parts)
+    size = 4 + len(head) + sum(a.nbytes for a in inline)
     out = bytearray(8 + size)
     out[:8], out[8:12] = size.to_bytes(8, "little"), len(head).to_bytes(4, "little")
     out[12:12 + len(head)] = head
     offset = 12 + len(head)
-    for a in parts:
+    for a in inline:
         np.frombuffer(out, np.uint8, a.nbytes, offset)[:] = a.reshape(-1).view(np.uint8)
         offset += a.nbytes
     return out
@@ -136,23 +155,46 @@ def framed(frames: list[bytearray]) -> bytes | bytearray:
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
-def send(chan: Channel, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
-    """Send ``header`` (JSON values) and ``arrays`` as one frame."""
-    chan.send_frames([frame(header, arrays)])
+def send(chan: Channel, header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
+         segment: np.ndarray | None = None) -> None:
+    """Send ``header`` (JSON values) and ``arrays`` as one frame (see :func:`frame`)."""
+    chan.send_frames([frame(header, arrays, segment)])
 
 
-def receive(chan: Channel, max_bytes: int | None = None, *, own: bool = True
+def receive(chan: Channel, max_bytes: int | None = None, *, own: bool = True,
+            segment: Any = None, into: Scratch | None = None
             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Receive one frame: its header and its arrays (read-only; each owning its memory unless
     ``own`` is false, when they are views of the frame that holds this message only).
 
+    Arrays the sender wrote to the shared ``segment`` (this side's read-only mapping) are copied
+    out of it at once, into ``into`` when given (so they are valid until its next use), else into
+    fresh arrays: the sender can write the segment at any time, so nothing reads it twice.
+
     Raises :class:`WireError` for anything that does not follow the format, ``EOFError`` when
     the other side has gone.
     """
-    return decode(chan.recv_frame(None if max_bytes is None else max_bytes + _MAX_HEADER), own=own)
+    data = chan.recv_frame(None if max_bytes is None else max_bytes + _MAX_HEADER)
+    return decode(data, own=own, segment=segment, into=into)
 
 
-def decode(frame: bytes | bytearray, *, own: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+class Scratch:
+    """Memory reused for the arrays of successive messages read from a shared segment (fresh
+    memory would cost a page fault per 4 KiB on every message)."""
+
+    def __init__(self) -> None:
+        self.buffer = np.empty(0, np.uint8)
+
+    def take(self, nbytes: int, used: int) -> np.ndarray:
+        """``nbytes`` of the buffer from ``used`` on, growing it (and dropping what it held)
+        when it is too small."""
+        if used + nbytes > len(self.buffer):
+            self.buffer = np.empty(max(used + nbytes, 2 * len(self.buffer)), np.uint8)
+        return self.buffer[used:used + nbytes]
+
+
+def decode(frame: bytes | bytearray, *, own: bool = True, segment: Any = None,
+           into: Scratch | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The header and arrays of one frame made by :func:`encode` (see :func:`receive`)."""
     size = int.from_bytes(frame[:4], "little")
     if len(frame) < 4 or size > _MAX_HEADER or 4 + size > len(frame):
@@ -164,17 +206,31 @@ def decode(frame: bytes | bytearray, *, own: bool = True) -> tuple[dict[str, Any
     if not isinstance(header, dict):
         raise WireError("a message header is not a JSON object")
     arrays: dict[str, np.ndarray] = {}
-    offset = 4 + size
+    offset, used = 4 + size, 0
     for entry in header.pop("arrays", []):
         try:
-            key, dtype, shape = entry
+            key, dtype, shape, *where = entry
             shape = tuple(int(s) for s in shape)
+            at = int(where[0]) if where else None
         except (TypeError, ValueError):
             raise WireError(f"malformed array entry {entry!r}") from None
-        if dtype not in DTYPES or any(s < 0 for s in shape):
+        if dtype not in DTYPES or any(s < 0 for s in shape) or len(where) > 1:
             raise WireError(f"array {key!r}: dtype {dtype!r} or shape {shape} is not allowed")
         count = math.prod(shape)
         nbytes = count * _TYPES[dtype].itemsize
+        if at is not None:
+            if segment is None or at < 0 or at + nbytes > len(segment):
+                raise WireError(f"array {key!r}: {nbytes} bytes at {at} are not in a shared segment")
+            source = np.frombuffer(segment, dtype=_TYPES[dtype], count=count, offset=at)
+            if into is not None:
+                array = into.take(nbytes, used).view(_TYPES[dtype]).reshape(shape)
+                used += -(-nbytes // 64) * 64
+                np.copyto(array.reshape(-1), source)
+            else:
+                array = source.reshape(shape).copy()
+            array.flags.writeable = False
+            arrays[str(key)] = array
+            continue
         if offset + nbytes > len(frame):
             raise WireError(f"array {key!r}: the frame ends before its {nbytes} bytes")
         array = np.frombuffer(frame, dtype=_TYPES[dtype], count=count, offset=offset).reshape(shape)

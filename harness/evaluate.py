@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from harness._wire import SHARED_MIN
 from harness.api import Model
 from harness.checkpoints import Checkpoint
 from harness.errors import HarnessError, UsageError
@@ -584,9 +585,14 @@ def _check_answers(got: Step, block: Interactions, score: bool, state: bool,
             fail(f"score() returned shape {shape} for a block of {rows} events over "
                  f"{block.n_items} items")
         assert scores is not None
-        finite = np.isfinite(scores)
-        if not finite.all():
-            fail("score() returned NaN or infinity", ~finite.all(axis=1))
+        # A row's sum is finite unless the row holds NaN or infinity, or overflows: only then is
+        # the exact (and slower) element check needed.
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = np.add.reduce(scores, axis=1)
+        if not np.isfinite(sums).all():
+            finite = np.isfinite(scores)
+            if not finite.all():
+                fail("score() returned NaN or infinity", ~finite.all(axis=1))
     if state:
         probs = got.state
         if probs is None or probs.shape != (rows,):
@@ -607,11 +613,14 @@ def _check_answers(got: Step, block: Interactions, score: bool, state: bool,
 
 
 def _compare(real: np.ndarray | None, other: np.ndarray | None, rows: int, index: int, why: str) -> None:
+    """Raise :class:`AuditFailure` unless the first ``rows`` rows of two answers are equal
+    (``real`` may hold only those rows)."""
     if real is None or other is None:
         return
-    if other.shape != real.shape or not np.array_equal(real[:rows], other[:rows]):
-        if other.shape == real.shape:
-            diff = float(np.max(np.abs(real[:rows].astype(np.float64) - other[:rows])))
+    same_shape = other.shape[1:] == real.shape[1:] and min(len(real), len(other)) >= rows
+    if not same_shape or not np.array_equal(real[:rows], other[:rows]):
+        if same_shape:
+            diff = float(np.max(np.abs(real[:rows].astype(np.float64) - other[:rows]), initial=0.0))
             detail = f" (largest difference {diff:.3g})"
         else:
             detail = f" (shape {other.shape} against {real.shape})"
@@ -659,6 +668,10 @@ def _stream(
     audits: list[tuple[Step, Any, Any, int, int, int]] = []
     own = _own_user_copies(shadow, auditor, events, todo, start) if shadow is not None else {}
     out.audit["forks"] += len({id(c) for cs in own.values() for c in cs})
+    if want_rank and todo:
+        largest = max(b - a for a, b in todo) * events.n_items * 8
+        if largest >= SHARED_MIN:
+            proc.share_answers(largest)
     pending: tuple[int, int, int, bool, np.ndarray | None, np.ndarray | None, Any] | None = None
 
     def settle_block(got: Step, k: int, a: int, b: int, score: bool, ends: np.ndarray | None,
@@ -666,7 +679,7 @@ def _stream(
         block, index, ranked = events[a:b], data.index[a:b], data.ranked[a:b]
         for check in own.get(k, ()):
             if check.target == k:
-                check.got = got
+                check.keep(got)
         n_ends = int(ends.sum()) if ends is not None else 0
         _check_answers(got, block, score, want_state, n_ends, index)
         if first_scores is not None:
@@ -674,11 +687,15 @@ def _stream(
                      "score() changed the model's state: scoring the same block twice gave "
                      "different rows, block starting")
             out.audit["twice_blocks"] += 1
-        if audit is not None:
-            audits.append((got, *audit, int(index[audit[2]])))
+        if audit is not None:  # what the comparison needs, out of the memory reused next block
+            j, gaps_before = audit[2], audit[3]
+            kept = Step(*(None if x is None else x[:n].copy()
+                          for x, n in ((got.scores, j + 1), (got.state, j + 1), (got.gap, gaps_before))))
+            audits.append((kept, *audit, int(index[j])))
         if score:
             assert got.scores is not None
-            best, worst = rank_bounds(got.scores[ranked], block.item[ranked], protocol.tie_policy)
+            ranked_scores = got.scores if ranked.all() else got.scores[ranked]
+            best, worst = rank_bounds(ranked_scores, block.item[ranked], protocol.tie_policy)
             out.best.append(best)
             out.worst.append(worst)
             out.rank_split.append(data.split[a:b][ranked])
@@ -699,7 +716,7 @@ def _stream(
 
     def collect() -> Step:
         tic = clock()
-        got = proc.answer()
+        got = proc.answer(reuse=True)  # valid until the next collect(): settled before it
         out.model_seconds += clock() - tic
         return got
 
@@ -753,7 +770,7 @@ class _OwnUserCheck:
 
     def __init__(self, copy: Any, target: int, row: int, at: dict[int, int]) -> None:
         self.copy, self.target, self.row, self.at = copy, target, row, at
-        self.got: Step | None = None
+        self.got: Step | None = None  # the pass's answer for this user's row
         self.event = -1
         self.gap_row: int | None = None
 
@@ -770,18 +787,26 @@ class _OwnUserCheck:
         if ends is not None and ends[p - a]:
             self.gap_row = int(ends[:p - a].sum())
 
+    def keep(self, got: Step) -> None:
+        """Keep the pass's answer for this user's row (copied: ``got`` is reused)."""
+        i, g = self.row, self.gap_row
+
+        def row(x: np.ndarray | None, at: int | None) -> np.ndarray | None:
+            return None if x is None or at is None else x[at:at + 1].copy()
+
+        self.got = Step(row(got.scores, i), row(got.state, i), row(got.gap, g))
+
     def compare(self, index: np.ndarray) -> None:
         assert self.got is not None
-        i = self.row
         event = int(index[self.at[self.target]])
         alt = self.copy.answer()
         why = ("not independent of other users: a copy that observed only this user's events "
                "answers differently (the model declares independent_users)")
         got = self.got
-        _compare(None if got.scores is None else got.scores[i:i + 1], alt.scores, 1, event, why)
-        _compare(None if got.state is None else got.state[i:i + 1], alt.state, 1, event, why)
-        if self.gap_row is not None and got.gap is not None:
-            _compare(got.gap[self.gap_row:self.gap_row + 1], alt.gap, 1, event, why)
+        _compare(got.scores, alt.scores, 1, event, why)
+        _compare(got.state, alt.state, 1, event, why)
+        if self.gap_row is not None:
+            _compare(got.gap, alt.gap, 1, event, why)
 
 
 def _own_user_copies(shadow: Any, auditor: _Auditor | None, events: Interactions,

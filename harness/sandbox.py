@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
+import io
+import mmap
 import os
 import pickle
 import signal
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from harness._wire import DTYPES, Channel, WireError, frame, framed, receive
+from harness._wire import DTYPES, Channel, Scratch, WireError, frame, framed, receive
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
 
@@ -155,8 +158,11 @@ class LocalModel:
             return Step()
         return step
 
-    def answer(self) -> Step:
+    def answer(self, *, reuse: bool = False) -> Step:
         return self._later.pop(0)
+
+    def share_answers(self, nbytes: int) -> None:
+        pass
 
     def score(self, block: Interactions) -> np.ndarray:
         return np.array(self.model.score(readonly(block)), copy=True)
@@ -235,8 +241,11 @@ class ModelProcess:
         self._max_bytes = max_bytes
         self._unacknowledged = 0
         self._outbox: list[bytearray] = []  # requests that need no answer, written in batches
-        self._queue: deque[memoryview | socket.socket] = deque()  # written in order, not yet sent
+        # written in order, not yet sent: frames, and descriptors to hand over (then closed here)
+        self._queue: deque[memoryview | socket.socket | io.FileIO] = deque()
         self._poll = 0.0
+        self._segment: mmap.mmap | None = None
+        self._scratch = Scratch()
         self.pid: int | None = None  # as the model's process reports it (forks only)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -275,14 +284,11 @@ class ModelProcess:
 
     def fork(self, *, wait: bool = True) -> ModelProcess:
         """A copy of this process in its state after the requests sent so far (a new process;
-        this one is unchanged). Without ``wait`` the copy is made when this process gets to the
-        request; :meth:`sync` collects the acknowledgement."""
+        this one is unchanged; it does not share this one's answer segment). Without ``wait``
+        the copy is made when this process gets to the request; :meth:`sync` collects the
+        acknowledgement."""
         ours, theirs = socket.socketpair()
-        self._outbox.append(frame({"op": "fork"}))
-        self._queue.append(memoryview(framed(self._outbox)))
-        self._outbox = []
-        self._queue.append(theirs)  # closed here once handed over
-        self._flush(wait=wait)
+        self._hand_over({"op": "fork"}, theirs, wait=wait)
         child = ModelProcess(Channel(ours), self.meta, self._group, self._max_bytes)
         self._unacknowledged += 1
         if wait:
@@ -301,6 +307,34 @@ class ModelProcess:
         except (AttributeError, OSError):
             pass
         self._send({"op": "poll", "seconds": poll, "reply": False}, later=True)
+
+    def share_answers(self, nbytes: int) -> None:
+        """From now on, this process writes its answers' large arrays (``SHARED_MIN`` bytes or
+        more, up to ``nbytes`` in all) to a memory segment that this side maps read-only, instead
+        of sending them over the socket: a block's scores over 94,284 items cross in one copy
+        each way instead of a socket's copies into fresh memory. The segment cannot be resized
+        (sealed), so the model's process cannot make reading it fail. Linux only; elsewhere
+        nothing changes."""
+        if self._segment is not None or nbytes <= 0 or not hasattr(os, "memfd_create"):
+            return
+        fd = os.memfd_create("harness-answers", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        handle = io.FileIO(fd, "r+")  # closed here once handed over
+        try:
+            os.ftruncate(fd, nbytes)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            self._segment = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, AttributeError):
+            handle.close()
+            return
+        self._hand_over({"op": "segment", "reply": False}, handle, wait=False)
+
+    def _hand_over(self, header: dict[str, Any], handle: socket.socket | io.FileIO, *, wait: bool) -> None:
+        """Send a request followed by a file descriptor the process takes with it."""
+        self._outbox.append(frame(header))
+        self._queue.append(memoryview(framed(self._outbox)))
+        self._outbox = []
+        self._queue.append(handle)
+        self._flush(wait=wait)
 
     def idle(self, cpus: set[int]) -> None:
         """Run this process (and its forks) on ``cpus`` only when nothing else wants them
@@ -346,6 +380,9 @@ class ModelProcess:
         except (OSError, ModelError):
             pass
         self._conn.close()
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
 
     def shutdown(self) -> None:
         """End the model's process and every fork of it."""
@@ -418,9 +455,11 @@ class ModelProcess:
             self._flush(wait=False)
         return Step()
 
-    def answer(self) -> Step:
-        """The answer to a step sent with ``answer_later``."""
-        _, got = self._answer()
+    def answer(self, *, reuse: bool = False) -> Step:
+        """The answer to a step sent with ``answer_later``. With ``reuse``, arrays that came
+        through the answer segment are in memory this object reuses: valid until the next
+        ``answer(reuse=True)``."""
+        _, got = self._answer(reuse=reuse)
         return Step(got.get("scores"), got.get("state"), got.get("gap"))
 
     def score(self, block: Interactions) -> np.ndarray:
@@ -476,7 +515,7 @@ class ModelProcess:
         try:
             while queue:
                 item = queue[0]
-                if isinstance(item, socket.socket):
+                if not isinstance(item, memoryview):
                     if not self._conn.send_fd(item.fileno(), wait=wait):
                         return
                     item.close()
@@ -489,21 +528,22 @@ class ModelProcess:
         except OSError as exc:
             raise ModelError(f"the model process has gone ({exc})") from None
 
-    def _receive(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _receive(self, reuse: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if self._queue or self._outbox:
             self._flush(wait=True)
-        try:
-            return receive(self._conn, self._max_bytes, own=False)  # answers: never a model's
+        try:  # answers: never a model's
+            return receive(self._conn, self._max_bytes, own=False, segment=self._segment,
+                           into=self._scratch if reuse else None)
         except (EOFError, OSError):
             raise ModelError(f"the model process died{self._exit_note()}") from None
         except WireError as exc:
             raise ModelError(f"the model process broke the message format: {exc}") from None
 
-    def _answer(self, on_progress: OnProgress | None = None
+    def _answer(self, on_progress: OnProgress | None = None, reuse: bool = False
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         tic = time.perf_counter()
         while True:
-            header, arrays = self._receive()
+            header, arrays = self._receive(reuse)
             if "progress" not in header or "ok" in header:
                 break
             done, total, unit = header["progress"], header.get("total"), header.get("unit")

@@ -17,6 +17,7 @@ from dishonest_models import SEEN, Drifting, Probe, _largest_time_in_process
 from harness.cli import main
 from harness.data import open_dataset
 from harness.evaluate import AuditFailure, Protocol, evaluate, iter_blocks, prepare
+from harness.interactions import Interactions
 from harness.records import load_records
 
 WIKIPEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia.csv"
@@ -138,6 +139,21 @@ def test_the_model_process_holds_only_what_it_was_asked_about():
     assert not any(str(WIKIPEDIA) in arg or arg.endswith(".csv") for arg in report["argv"])
 
 
+def test_scores_are_refused_exactly_when_a_row_holds_nan_or_infinity():
+    from harness.evaluate import _check_answers
+    from harness.sandbox import Step
+    from harness.testing import realistic_stream
+
+    block = realistic_stream(n_events=6000)[:4]
+    huge = np.full((4, block.n_items), np.finfo(np.float32).max, dtype=np.float32)
+    _check_answers(Step(scores=huge), block, True, False, 0, np.arange(10, 14))  # sums overflow
+    for bad in (np.inf, -np.inf, np.nan):
+        scores = np.zeros((4, block.n_items), dtype=np.float32)
+        scores[2, 5] = bad
+        with pytest.raises(AuditFailure, match="^score\\(\\) returned NaN or infinity at event 12$"):
+            _check_answers(Step(scores=scores), block, True, False, 0, np.arange(10, 14))
+
+
 def test_a_score_that_changes_the_state_fails_the_twice_audit():
     from harness.testing import realistic_stream
 
@@ -179,6 +195,30 @@ def test_isolation_and_audits_change_no_number():
     best, worst = ranks["best"][test], ranks["worst"][test]
     got = evaluate(Counts(prior=1.0), data, protocol).metrics["test"]
     assert got["mrr"] == mrr(best, worst) and got["recall@10"] == recall(best, worst, 10)
+
+
+def test_answers_through_the_shared_segment_change_no_number():
+    """Over 140,000 items a block's scores pass 1 MiB and go through the answer segment, into
+    memory the evaluator reuses from block to block; audited, the numbers are exact."""
+    from toy_models import Counts
+
+    from harness.evaluate import replay
+    from harness.metrics import mrr
+    from harness.testing import realistic_stream
+
+    small = realistic_stream(n_events=6000)[:3000]
+    rng = np.random.default_rng(0)
+    stream = Interactions.from_arrays(small.user, small.item * 140 + rng.integers(0, 140, len(small)),
+                                      small.t, small.label, n_items=140_000)
+    protocol = Protocol("streaming", max_block=8)
+    data = prepare(stream, protocol)
+    model = Counts(prior=1.0)
+    model.fit(data.train)
+    ranks = replay(model, data, protocol, max_block=8)
+    test = data.split[data.ranked] == 2
+    result = evaluate(Counts(prior=1.0), data, protocol)
+    assert result.metrics["test"]["mrr"] == mrr(ranks["best"][test], ranks["worst"][test])
+    assert result.audit["lookahead_blocks"] == 2 * 16
 
 
 def test_a_return_time_that_reads_later_events_of_its_block_fails_the_run():

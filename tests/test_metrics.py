@@ -42,6 +42,19 @@ def test_rank_metrics_match_a_plain_loop(policy, seed):
             expected(ranks, lambda r, k=k: 1 / r if r <= k else 0.0), rel=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [1, 50, 1000])
+@pytest.mark.parametrize("policy", ["average", "optimistic", "pessimistic"])
+def test_ranks_compared_a_few_rows_at_a_time_match_a_plain_loop(monkeypatch, chunk, policy):
+    monkeypatch.setattr("harness.metrics._RANK_CHUNK", chunk)  # one row, two rows, 40 rows a step
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 4, size=(61, 25)).astype(np.float32)
+    targets = rng.integers(0, 25, size=61)
+    best, worst = rank_bounds(scores, targets, policy)
+    ranks = loop_ranks(scores, targets, policy)
+    assert best.tolist() == [r[0] for r in ranks]
+    assert worst.tolist() == [r[-1] for r in ranks]
+
+
 def test_all_scores_tied_gives_the_middle_rank():
     scores = np.zeros((1, 100))
     best, worst = rank_bounds(scores, np.array([7]), "average")
@@ -62,6 +75,13 @@ def test_mrr_of_large_ranks_keeps_precision():
 def test_nan_scores_are_an_error():
     with pytest.raises(ValueError, match="NaN"):
         rank_bounds(np.array([[0.1, np.nan]]), np.array([0]))
+    with pytest.raises(ValueError, match="NaN scores \\(first in block row 1\\)"):
+        rank_bounds(np.array([[0.1, 0.2], [0.3, np.nan], [np.nan, 1.0]]), np.array([0, 0, 1]))
+
+
+def test_infinite_scores_that_sum_to_nan_are_ranked_not_refused():
+    best, worst = rank_bounds(np.array([[np.inf, -np.inf, 0.0]]), np.array([2]))
+    assert (best[0], worst[0]) == (2, 2)
 
 
 def test_empty_ranks_are_an_error_not_zero():
