@@ -120,8 +120,10 @@ class _Host:
 
     def step(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
         block = _block(header, arrays)
+        rows = header.get("rows")
         return {}, answer_block(self.model, block, score=bool(header.get("score")),
-                                state=bool(header.get("state")), ends=arrays.get("ends"), fresh=False)
+                                state=bool(header.get("state")), ends=arrays.get("ends"), fresh=False,
+                                rows=rows if isinstance(rows, int) and rows >= 0 else None)
 
     # -- serving ----------------------------------------------------------------------------------
 

@@ -694,8 +694,9 @@ def _stream(
             audits.append((kept, *audit, int(index[j])))
         if score:
             assert got.scores is not None
-            ranked_scores = got.scores if ranked.all() else got.scores[ranked]
-            best, worst = rank_bounds(ranked_scores, block.item[ranked], protocol.tie_policy)
+            rows = None if ranked.all() else np.flatnonzero(ranked)
+            best, worst = rank_bounds(got.scores, block.item[ranked], protocol.tie_policy, rows,
+                                      finite=True)  # _check_answers has checked
             out.best.append(best)
             out.worst.append(worst)
             out.rank_split.append(data.split[a:b][ranked])
@@ -733,13 +734,13 @@ def _stream(
                 j = int(auditor.rng.integers(b - a))
                 altered = shadow.fork(wait=False)
                 altered.step(_altered(block, j, auditor.rng, False), score=score, state=want_state,
-                             ends=ends, answer_later=True)
+                             ends=ends, answer_later=True, rows=j + 1)
                 altered.release()
                 relabelled = None
                 if want_state:
                     relabelled = shadow.fork(wait=False)
                     relabelled.step(_altered(block, j, auditor.rng, True), score=score, state=True,
-                                    answer_later=True)
+                                    answer_later=True, rows=j + 1)
                     relabelled.release()
                 out.audit["forks"] += 1 + want_state
                 gaps_before = int((np.flatnonzero(ends) < j).sum()) if ends is not None else 0

@@ -39,24 +39,27 @@ _RANK_CHUNK = 65536  # elements compared per step of rank_bounds
 
 
 def rank_bounds(
-    scores: np.ndarray, targets: np.ndarray, tie_policy: str = "average"
+    scores: np.ndarray, targets: np.ndarray, tie_policy: str = "average", rows: np.ndarray | None = None,
+    *, finite: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best and worst 1-based rank of ``targets[j]`` in row ``j`` of ``scores`` (higher is better).
+    """Best and worst 1-based rank of ``targets[j]`` in row ``j`` of ``scores`` (higher is better),
+    or in row ``rows[j]`` when ``rows`` (row indices) is given.
 
     ``optimistic`` returns ``(best, best)``, ``pessimistic`` ``(worst, worst)``, ``average`` both.
+    NaN scores are an error; ``finite`` says the caller has checked that there are none.
     """
     if tie_policy not in TIE_POLICIES:
         raise ValueError(f"tie_policy must be one of {TIE_POLICIES}, but got {tie_policy!r}")
     scores = np.asarray(scores)
-    n, m = scores.shape
-    true = scores[np.arange(n), targets]
-    with np.errstate(invalid="ignore", over="ignore"):
-        sums = np.add.reduce(scores, axis=1)
-    if np.isnan(true).any() or np.isnan(sums).any():
-        bad = np.isnan(scores).any(axis=1)  # the sum can also be NaN from inf - inf
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"the model returned NaN scores (first in block row {first})")
+    n, m = len(targets), scores.shape[1]
+    picked = np.arange(n) if rows is None else rows
+    if not finite:
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = np.add.reduce(scores if rows is None else scores[rows], axis=1)
+        for j in np.flatnonzero(np.isnan(sums)):  # NaN, or inf - inf: look at the row itself
+            if np.isnan(scores[picked[j]]).any():
+                raise ValueError(f"the model returned NaN scores (first in block row {int(picked[j])})")
+    true = scores[picked, targets]
     # Compare a few rows at a time through one small buffer that stays in cache: over 94k items
     # this is about 4x faster than whole-block comparisons, which allocate and sweep memory.
     step = max(1, _RANK_CHUNK // max(m, 1))
@@ -66,10 +69,19 @@ def rank_bounds(
     for a in range(0, n, step):
         b = min(a + step, n)
         view, t = buf[: b - a], true[a:b, None]
-        np.greater(scores[a:b], t, out=view)
+        if b == a + 1:  # a view of one row, counted without an axis (numpy's fast path)
+            part = scores[picked[a]:picked[a] + 1]
+            np.greater(part, t, out=view)
+            greater[a] = np.count_nonzero(view)
+            if ties is not None:
+                np.equal(part, t, out=view)
+                ties[a] = np.count_nonzero(view)
+            continue
+        part = scores[a:b] if rows is None else scores[rows[a:b]]
+        np.greater(part, t, out=view)
         greater[a:b] = np.count_nonzero(view, axis=1)
         if ties is not None:
-            np.equal(scores[a:b], t, out=view)
+            np.equal(part, t, out=view)
             ties[a:b] = np.count_nonzero(view, axis=1)
     best = greater + 1
     if ties is None:

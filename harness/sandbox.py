@@ -124,15 +124,20 @@ def plain_array(value: Any, what: str, fresh: bool = True) -> np.ndarray:
 
 
 def answer_block(model: Any, block: Interactions, *, score: bool, state: bool,
-                 ends: np.ndarray | None, fresh: bool = True) -> dict[str, np.ndarray]:
+                 ends: np.ndarray | None, fresh: bool = True, rows: int | None = None
+                 ) -> dict[str, np.ndarray]:
     """One step of a pass: the scores (copied before the model observes the block), then
-    ``observe``, then the states and the return times of the users whose visits end at ``ends``."""
+    ``observe``, then the states and the return times of the users whose visits end at ``ends``;
+    with ``rows``, only the first ``rows`` rows of scores and states (all an audit compares)."""
+    def first(array: np.ndarray) -> np.ndarray:
+        return array[:rows] if rows is not None and array.ndim else array
+
     out: dict[str, np.ndarray] = {}
     if score:
-        out["scores"] = plain_array(model.score(block), "score", fresh)
+        out["scores"] = first(plain_array(model.score(block), "score", fresh))
     model.observe(block)
     if state:
-        out["state"] = plain_array(model.predict_state(block), "predict_state", fresh)
+        out["state"] = first(plain_array(model.predict_state(block), "predict_state", fresh))
     if ends is not None:
         out["gap"] = plain_array(model.predict_return_time(block.user[ends], block.t[ends]),
                                  "predict_return_time", fresh)
@@ -149,9 +154,10 @@ class LocalModel:
         self._later: list[Step] = []
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
-             ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False) -> Step:
+             ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False,
+             rows: int | None = None) -> Step:
         got = answer_block(self.model, readonly(block), score=score, state=state,
-                           ends=ends if ends is not None and ends.any() else None)
+                           ends=ends if ends is not None and ends.any() else None, rows=rows)
         step = Step(got.get("scores"), got.get("state"), got.get("gap"))
         if answer_later:
             self._later.append(step)
@@ -438,12 +444,15 @@ class ModelProcess:
         self._call({"op": "restore"}, {"state": state})
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
-             ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False) -> Step:
+             ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False,
+             rows: int | None = None) -> Step:
         """Score the block (if ``score``), then observe it, then predict states and the return
         times of the users whose visits end at ``ends``. Without ``reply`` nothing comes back
         (an error surfaces at the next :meth:`sync`); with ``answer_later`` the answer waits for
-        :meth:`answer`."""
+        :meth:`answer`; with ``rows``, only the first ``rows`` rows of scores and states do."""
         header = {"op": "step", "score": score, "state": state, "reply": reply, **_sizes(block)}
+        if rows is not None:
+            header["rows"] = int(rows)
         arrays = block_arrays(block)
         if ends is not None and ends.any():
             arrays["ends"] = ends

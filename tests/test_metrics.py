@@ -55,6 +55,24 @@ def test_ranks_compared_a_few_rows_at_a_time_match_a_plain_loop(monkeypatch, chu
     assert worst.tolist() == [r[-1] for r in ranks]
 
 
+@pytest.mark.parametrize("chunk", [1, 50, 65536])
+def test_ranks_of_some_rows_equal_ranks_of_those_rows_taken_out(monkeypatch, chunk):
+    monkeypatch.setattr("harness.metrics._RANK_CHUNK", chunk)
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 4, size=(40, 25)).astype(np.float32)
+    rows = np.sort(rng.choice(40, 17, replace=False))
+    targets = rng.integers(0, 25, size=17)
+    got = rank_bounds(scores, targets, "average", rows)
+    expected = rank_bounds(scores[rows], targets, "average")
+    assert all(np.array_equal(g, e) for g, e in zip(got, expected))
+    scores[rows[5], 3] = np.nan
+    with pytest.raises(ValueError, match=f"first in block row {rows[5]}"):
+        rank_bounds(scores, targets, "average", rows)
+    scores[rows[5], 3] = 0.0
+    scores[np.setdiff1d(np.arange(40), rows)[0], 2] = np.nan  # a row that is not ranked
+    rank_bounds(scores, targets, "average", rows)
+
+
 def test_all_scores_tied_gives_the_middle_rank():
     scores = np.zeros((1, 100))
     best, worst = rank_bounds(scores, np.array([7]), "average")

@@ -88,7 +88,8 @@ def test_scratch_memory_is_reused_from_one_message_to_the_next():
     writer, reader = _segment(2 * SHARED_MIN)
     scratch = Scratch()
     first = np.full(SHARED_MIN // 8, 1.0)
-    got1 = decode(bytes(memoryview(frame({}, {"s": first}, writer))[8:]), segment=reader, into=scratch)[1]["s"]
+    got1 = decode(bytes(memoryview(frame({}, {"s": first}, writer))[8:]), segment=reader,
+                  into=scratch)[1]["s"]
     got2 = decode(bytes(memoryview(frame({}, {"s": first * 2}, writer))[8:]), segment=reader,
                   into=scratch)[1]["s"]
     assert np.shares_memory(got1, got2) and np.array_equal(got2, first * 2)
