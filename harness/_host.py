@@ -25,7 +25,7 @@ import numpy as np
 from harness._wire import Channel, receive, send
 from harness.errors import HarnessError
 from harness.interactions import Interactions
-from harness.sandbox import _COLUMNS, _die_with_parent, answer_block, model_meta, plain_array
+from harness.sandbox import _COLUMNS, _die_with_parent, answer_block, model_meta, pick_rows, plain_array
 
 
 class _Host:
@@ -116,14 +116,14 @@ class _Host:
         return {"report": report if isinstance(report, dict) else None}
 
     def score(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
-        return {}, {"scores": plain_array(self.model.score(_block(header, arrays)), "score", False)}
+        scores = plain_array(self.model.score(_block(header, arrays)), "score", False)
+        return {}, {"scores": pick_rows(scores, _rows(header))}
 
     def step(self, header: dict[str, Any], arrays: dict[str, np.ndarray]):
         block = _block(header, arrays)
-        rows = header.get("rows")
         return {}, answer_block(self.model, block, score=bool(header.get("score")),
                                 state=bool(header.get("state")), ends=arrays.get("ends"), fresh=False,
-                                rows=rows if isinstance(rows, int) and rows >= 0 else None)
+                                rows=_rows(header))
 
     # -- serving ----------------------------------------------------------------------------------
 
@@ -224,6 +224,14 @@ class _TrialProxy:
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         return self._ask("categorical", name, list(choices))
+
+
+def _rows(header: dict[str, Any]) -> list[int] | None:
+    """The rows an audit asks for (non-negative ints), if any."""
+    rows = header.get("rows")
+    if isinstance(rows, list) and all(type(r) is int and r >= 0 for r in rows):
+        return rows
+    return None
 
 
 def _block(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Interactions:

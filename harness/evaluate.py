@@ -530,6 +530,8 @@ _SPLIT_NAMES = {_VALID: "valid", _TEST: "test"}
 #: altered, blocks scored twice, forks of the model's process made for the audits, and (models
 #: that declare ``independent_users``) rows answered again by a copy that saw only its user.
 AUDIT_COUNTS = ("lookahead_blocks", "lookahead_rows", "twice_blocks", "forks", "own_user_rows")
+#: Rows compared per audited block at most (a seeded sample of wider blocks).
+AUDIT_ROWS = 16
 
 
 class _Auditor:
@@ -545,6 +547,16 @@ class _Auditor:
         #: blocks with a row answered again by a copy that observes only that row's user
         self.own_user = sorted(self.rng.choice(n_blocks, k, replace=False).tolist()) \
             if independent_users else []
+
+    def rows(self, below: int, also: int | None = None) -> list[int]:
+        """The rows an audit compares among ``[0, below)``: all of them up to
+        :data:`AUDIT_ROWS`, else a seeded sample of that many (with ``also`` among them): over a
+        wide catalogue a row is megabytes, and every row of a block is equally a test."""
+        if below <= AUDIT_ROWS:
+            return list(range(below))
+        others = [r for r in range(below) if r != also]
+        picked = self.rng.choice(others, AUDIT_ROWS - (also is not None), replace=False).tolist()
+        return sorted(picked + ([also] if also is not None else []))
 
 
 def _altered(block: Interactions, j: int, rng: np.random.Generator, only_label: bool) -> Interactions:
@@ -612,15 +624,13 @@ def _check_answers(got: Step, block: Interactions, score: bool, state: bool,
             fail("predict_return_time() returned a gap that is not finite and >= 0")
 
 
-def _compare(real: np.ndarray | None, other: np.ndarray | None, rows: int, index: int, why: str) -> None:
-    """Raise :class:`AuditFailure` unless the first ``rows`` rows of two answers are equal
-    (``real`` may hold only those rows)."""
+def _compare(real: np.ndarray | None, other: np.ndarray | None, index: int, why: str) -> None:
+    """Raise :class:`AuditFailure` unless two answers (the same rows of a block) are equal."""
     if real is None or other is None:
         return
-    same_shape = other.shape[1:] == real.shape[1:] and min(len(real), len(other)) >= rows
-    if not same_shape or not np.array_equal(real[:rows], other[:rows]):
-        if same_shape:
-            diff = float(np.max(np.abs(real[:rows].astype(np.float64) - other[:rows]), initial=0.0))
+    if other.shape != real.shape or not np.array_equal(real, other):
+        if other.shape == real.shape:
+            diff = float(np.max(np.abs(real.astype(np.float64) - other), initial=0.0))
             detail = f" (largest difference {diff:.3g})"
         else:
             detail = f" (shape {other.shape} against {real.shape})"
@@ -665,17 +675,17 @@ def _stream(
     if shadow is not None:
         shadow.idle(shadow_cpus or set())
     last_audit = max(auditor.lookahead, default=-1) if auditor is not None else -1
-    audits: list[tuple[Step, Any, Any, int, int, int]] = []
+    audits: list[tuple[Step, Any, Any, list[int], int, int]] = []
     own = _own_user_copies(shadow, auditor, events, todo, start) if shadow is not None else {}
     out.audit["forks"] += len({id(c) for cs in own.values() for c in cs})
     if want_rank and todo:
         largest = max(b - a for a, b in todo) * events.n_items * 8
         if largest >= SHARED_MIN:
             proc.share_answers(largest)
-    pending: tuple[int, int, int, bool, np.ndarray | None, np.ndarray | None, Any] | None = None
+    pending: tuple[int, int, int, bool, np.ndarray | None, Any, Any] | None = None
 
     def settle_block(got: Step, k: int, a: int, b: int, score: bool, ends: np.ndarray | None,
-                     first_scores: np.ndarray | None, audit: Any) -> None:
+                     first_scores: tuple[list[int], np.ndarray] | None, audit: Any) -> None:
         block, index, ranked = events[a:b], data.index[a:b], data.ranked[a:b]
         for check in own.get(k, ()):
             if check.target == k:
@@ -683,15 +693,18 @@ def _stream(
         n_ends = int(ends.sum()) if ends is not None else 0
         _check_answers(got, block, score, want_state, n_ends, index)
         if first_scores is not None:
-            _compare(got.scores, first_scores, b - a, int(index[0]),
+            twice_rows, first = first_scores
+            assert got.scores is not None
+            _compare(got.scores[twice_rows], first, int(index[0]),
                      "score() changed the model's state: scoring the same block twice gave "
                      "different rows, block starting")
             out.audit["twice_blocks"] += 1
         if audit is not None:  # what the comparison needs, out of the memory reused next block
-            j, gaps_before = audit[2], audit[3]
-            kept = Step(*(None if x is None else x[:n].copy()
-                          for x, n in ((got.scores, j + 1), (got.state, j + 1), (got.gap, gaps_before))))
-            audits.append((kept, *audit, int(index[j])))
+            rows, gaps_before = audit[2], audit[3]
+            kept = Step(None if got.scores is None else got.scores[rows],
+                        None if got.state is None else got.state[rows],
+                        None if got.gap is None else got.gap[:gaps_before].copy())
+            audits.append((kept, *audit, int(index[rows[-1]])))
         if score:
             assert got.scores is not None
             rows = None if ranked.all() else np.flatnonzero(ranked)
@@ -727,26 +740,30 @@ def _stream(
         score = want_rank and bool(data.ranked[a:b].any())
         ends = ~np.isnan(data.gap[a:b]) if want_gap else None
         n_ends = int(ends.sum()) if ends is not None else 0
-        audit: tuple[Any, Any, int, int] | None = None
+        audit: tuple[Any, Any, list[int], int] | None = None
         if shadow is not None:
             assert auditor is not None
             if k in auditor.lookahead and (score or want_state or n_ends):
                 j = int(auditor.rng.integers(b - a))
+                rows = auditor.rows(j + 1, also=j)
                 altered = shadow.fork(wait=False)
                 altered.step(_altered(block, j, auditor.rng, False), score=score, state=want_state,
-                             ends=ends, answer_later=True, rows=j + 1)
+                             ends=ends, answer_later=True, rows=rows)
                 altered.release()
                 relabelled = None
                 if want_state:
                     relabelled = shadow.fork(wait=False)
                     relabelled.step(_altered(block, j, auditor.rng, True), score=score, state=True,
-                                    answer_later=True, rows=j + 1)
+                                    answer_later=True, rows=rows)
                     relabelled.release()
                 out.audit["forks"] += 1 + want_state
                 gaps_before = int((np.flatnonzero(ends) < j).sum()) if ends is not None else 0
-                audit = (altered, relabelled, j, gaps_before)
+                audit = (altered, relabelled, rows, gaps_before)
         tic = clock()
-        first_scores = proc.score(block) if score and auditor and k in auditor.twice else None
+        first_scores: tuple[list[int], np.ndarray] | None = None
+        if score and auditor and k in auditor.twice:
+            twice_rows = auditor.rows(b - a)
+            first_scores = (twice_rows, proc.score(block, rows=twice_rows))
         proc.step(block, score=score, state=want_state, ends=ends, answer_later=True)
         out.model_seconds += clock() - tic
         if shadow is not None and k < last_audit:  # never ahead of the pass
@@ -804,10 +821,10 @@ class _OwnUserCheck:
         why = ("not independent of other users: a copy that observed only this user's events "
                "answers differently (the model declares independent_users)")
         got = self.got
-        _compare(got.scores, alt.scores, 1, event, why)
-        _compare(got.state, alt.state, 1, event, why)
+        _compare(got.scores, alt.scores, event, why)
+        _compare(got.state, alt.state, event, why)
         if self.gap_row is not None:
-            _compare(got.gap, alt.gap, 1, event, why)
+            _compare(got.gap, alt.gap, event, why)
 
 
 def _own_user_copies(shadow: Any, auditor: _Auditor | None, events: Interactions,
@@ -831,7 +848,7 @@ def _own_user_copies(shadow: Any, auditor: _Auditor | None, events: Interactions
     return checks
 
 
-def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]],
+def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, list[int], int, int]],
             own: dict[int, list[_OwnUserCheck]], index: np.ndarray, out: _Collector) -> None:
     """Compare the audited answers, once the shadow and its copies have given them."""
     checks = list({id(c): c for cs in own.values() for c in cs}.values())
@@ -840,20 +857,22 @@ def _settle(shadow: Any, audits: list[tuple[Step, Any, Any, int, int, int]],
     why = "look-ahead: a score row depends on its own or a later event's item, label or features" + changed
     try:
         shadow.sync()
-        for got, altered, relabelled, j, gaps_before, event in audits:
+        for got, altered, relabelled, rows, gaps_before, event in audits:
             alt = altered.answer()
-            _compare(got.scores, alt.scores, j + 1, event, why)
-            _compare(got.state, alt.state, j, event,
+            # rows[-1] is the first altered event: its state may depend on its own item
+            _compare(got.scores, alt.scores, event, why)
+            _compare(None if got.state is None else got.state[:-1],
+                     None if alt.state is None else alt.state[:-1], event,
                      "look-ahead: a state prediction depends on a later event" + changed)
-            _compare(got.gap, alt.gap, gaps_before, event,
+            _compare(got.gap, None if alt.gap is None else alt.gap[:gaps_before], event,
                      "look-ahead: a return time depends on a later event of its block" + changed)
             if relabelled is not None:
                 alt = relabelled.answer()
-                _compare(got.scores, alt.scores, j + 1, event, why)
-                _compare(got.state, alt.state, j + 1, event,
+                _compare(got.scores, alt.scores, event, why)
+                _compare(got.state, alt.state, event,
                          "look-ahead: a state prediction depends on its own event's label" + changed)
             out.audit["lookahead_blocks"] += 1
-            out.audit["lookahead_rows"] += j + 1 if got.scores is not None or got.state is not None \
+            out.audit["lookahead_rows"] += len(rows) if got.scores is not None or got.state is not None \
                 else gaps_before
         for check in checks:
             check.compare(index)

@@ -124,24 +124,29 @@ def plain_array(value: Any, what: str, fresh: bool = True) -> np.ndarray:
 
 
 def answer_block(model: Any, block: Interactions, *, score: bool, state: bool,
-                 ends: np.ndarray | None, fresh: bool = True, rows: int | None = None
+                 ends: np.ndarray | None, fresh: bool = True, rows: list[int] | None = None
                  ) -> dict[str, np.ndarray]:
     """One step of a pass: the scores (copied before the model observes the block), then
     ``observe``, then the states and the return times of the users whose visits end at ``ends``;
-    with ``rows``, only the first ``rows`` rows of scores and states (all an audit compares)."""
-    def first(array: np.ndarray) -> np.ndarray:
-        return array[:rows] if rows is not None and array.ndim else array
-
+    with ``rows``, only those rows of scores and states (all an audit compares)."""
     out: dict[str, np.ndarray] = {}
     if score:
-        out["scores"] = first(plain_array(model.score(block), "score", fresh))
+        out["scores"] = pick_rows(plain_array(model.score(block), "score", fresh), rows)
     model.observe(block)
     if state:
-        out["state"] = first(plain_array(model.predict_state(block), "predict_state", fresh))
+        out["state"] = pick_rows(plain_array(model.predict_state(block), "predict_state", fresh), rows)
     if ends is not None:
         out["gap"] = plain_array(model.predict_return_time(block.user[ends], block.t[ends]),
                                  "predict_return_time", fresh)
     return out
+
+
+def pick_rows(array: np.ndarray, rows: list[int] | None) -> np.ndarray:
+    """``array[rows]`` (all of it without ``rows``, or when it has no rows to pick: the
+    evaluator reports the shape)."""
+    if rows is None or not array.ndim or (rows and max(rows) >= len(array)):
+        return array
+    return array[rows]
 
 
 class LocalModel:
@@ -155,7 +160,7 @@ class LocalModel:
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
              ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False,
-             rows: int | None = None) -> Step:
+             rows: list[int] | None = None) -> Step:
         got = answer_block(self.model, readonly(block), score=score, state=state,
                            ends=ends if ends is not None and ends.any() else None, rows=rows)
         step = Step(got.get("scores"), got.get("state"), got.get("gap"))
@@ -170,8 +175,8 @@ class LocalModel:
     def share_answers(self, nbytes: int) -> None:
         pass
 
-    def score(self, block: Interactions) -> np.ndarray:
-        return np.array(self.model.score(readonly(block)), copy=True)
+    def score(self, block: Interactions, *, rows: list[int] | None = None) -> np.ndarray:
+        return pick_rows(np.array(self.model.score(readonly(block)), copy=True), rows)
 
     def fork(self) -> LocalModel:
         return LocalModel(copy.deepcopy(self.model))
@@ -445,14 +450,15 @@ class ModelProcess:
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
              ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False,
-             rows: int | None = None) -> Step:
+             rows: list[int] | None = None) -> Step:
         """Score the block (if ``score``), then observe it, then predict states and the return
         times of the users whose visits end at ``ends``. Without ``reply`` nothing comes back
         (an error surfaces at the next :meth:`sync`); with ``answer_later`` the answer waits for
-        :meth:`answer`; with ``rows``, only the first ``rows`` rows of scores and states do."""
-        header = {"op": "step", "score": score, "state": state, "reply": reply, **_sizes(block)}
+        :meth:`answer`; with ``rows``, only those rows of scores and states come back."""
+        header: dict[str, Any] = {"op": "step", "score": score, "state": state, "reply": reply,
+                                  **_sizes(block)}
         if rows is not None:
-            header["rows"] = int(rows)
+            header["rows"] = [int(r) for r in rows]
         arrays = block_arrays(block)
         if ends is not None and ends.any():
             arrays["ends"] = ends
@@ -471,9 +477,12 @@ class ModelProcess:
         _, got = self._answer(reuse=reuse)
         return Step(got.get("scores"), got.get("state"), got.get("gap"))
 
-    def score(self, block: Interactions) -> np.ndarray:
-        """Scores of the block without observing it."""
-        _, got = self._call({"op": "score", **_sizes(block)}, block_arrays(block))
+    def score(self, block: Interactions, *, rows: list[int] | None = None) -> np.ndarray:
+        """Scores of the block (only ``rows`` of them, when given) without observing it."""
+        header: dict[str, Any] = {"op": "score", **_sizes(block)}
+        if rows is not None:
+            header["rows"] = [int(r) for r in rows]
+        _, got = self._call(header, block_arrays(block))
         if "scores" not in got:
             raise ModelError("the model process answered a score request without scores")
         return got["scores"]

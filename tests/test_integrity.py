@@ -139,6 +139,18 @@ def test_the_model_process_holds_only_what_it_was_asked_about():
     assert not any(str(WIKIPEDIA) in arg or arg.endswith(".csv") for arg in report["argv"])
 
 
+def test_audits_compare_every_row_of_small_blocks_and_a_seeded_sample_with_the_altered_row_of_wide_ones():
+    from harness.evaluate import AUDIT_ROWS, _Auditor
+
+    auditor = _Auditor(Protocol(audits=4), 0, 1, 100)
+    assert auditor.rows(5) == [0, 1, 2, 3, 4] and auditor.rows(AUDIT_ROWS, also=3) == list(range(AUDIT_ROWS))
+    for _ in range(20):
+        rows = auditor.rows(900, also=899)
+        assert len(rows) == len(set(rows)) == AUDIT_ROWS and rows == sorted(rows) and rows[-1] == 899
+    first, second = (_Auditor(Protocol(audits=4), 0, 1, 100) for _ in range(2))
+    assert first.rows(900) == second.rows(900)  # seeded by the run's seed and the pass
+
+
 def test_scores_are_refused_exactly_when_a_row_holds_nan_or_infinity():
     from harness.evaluate import _check_answers
     from harness.sandbox import Step
