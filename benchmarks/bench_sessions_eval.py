@@ -9,9 +9,13 @@ way `harness run` does it: the model in its own process, a fork for the pass, ev
 scores over all 94,284 items sent to the evaluator and ranked there, the default audits (16
 look-ahead, 16 twice-scored and, user by user, 16 own-user copies). Once in time order (blocks
 of distinct users and items, what every model gets) and once user by user (block k = every
-user's k-th event; models that declare ``independent_users``).
+user's k-th event; models that declare ``independent_users``). Audits cost about the same per
+pass whatever its length, so a short pass understates the speed of a real one (LastFM-1K's test
+part is about a million events). Memory: the evaluator's peak, and the peaks of the model's
+process and of the pass's fork (Linux's VmHWM; pages they share are counted in both).
 
     python benchmarks/bench_sessions_eval.py [--models hrnn,thrnn] [--scale 10] [--eval-events 20000]
+    python benchmarks/bench_sessions_eval.py --scale 1 --eval-events 200000 --orders user  # full size
 """
 
 from __future__ import annotations
@@ -41,13 +45,24 @@ def evaluate_pass(model, data, order: str, audits: int) -> dict:
         with placement(probe) as spare:
             out = _stream(probe, moved, protocol, caps, 0, len(moved.events), blocks, None, auditor, spare)
         seconds = time.perf_counter() - tic
+        memory = {"model_rss_mb": _peak_mb(proc._process.pid), "pass_rss_mb": _peak_mb(probe.pid)}
         probe.close()
     ranks = np.concatenate(out.best)
     return {"order": order, "events": len(moved.events), "blocks": len(blocks),
             "mean_block": len(moved.events) / len(blocks), "seconds": seconds,
             "evaluator_cpu_s": time.process_time() - cpu,
             "events_per_s": len(moved.events) / seconds, "mrr": float(np.mean(1.0 / ranks)),
-            "audit": out.audit}
+            "audit": out.audit, **memory}
+
+
+def _peak_mb(pid: int | None) -> float | None:
+    """Peak resident memory of process ``pid`` (Linux's VmHWM), in MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            line = next(x for x in status if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 1024.0
 
 
 def main() -> None:
@@ -83,7 +98,8 @@ def main() -> None:
         fit_s = time.perf_counter() - tic
         for order in args.orders.split(","):
             result = evaluate_pass(model, head, order, args.audits)
-            print(json.dumps({"model": name, "fit_s": fit_s, **result, "peak_rss_mb": _rss_mb()}), flush=True)
+            print(json.dumps({"model": name, "fit_s": fit_s, **result, "evaluator_rss_mb": _rss_mb()}),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,7 @@ class _Host:
             self.segment = None  # its parent's answers go there
             _die_with_parent()
             _one_thread_after_fork()
+            _reuse_freed_memory()
             try:
                 self.serve(Channel.from_fd(fd))
             finally:
@@ -297,6 +298,20 @@ def _one_thread_after_fork() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() > 1:
         torch.set_num_threads(1)
+
+
+def _reuse_freed_memory() -> None:
+    """A fork serves one pass and ends: let it keep freed memory for its next allocations.
+    glibc's default gives every block over 32 MB a fresh mapping and returns it on free, so a
+    94k-item score product pays a page fault per 4 KiB on every call (a third of its time)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: large blocks from the heap (mmap only as a fallback)
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: keep freed memory at the heap's top
+    except Exception:  # not glibc: nothing to tune
+        pass
 
 
 def main() -> None:
