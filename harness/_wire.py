@@ -127,7 +127,7 @@ def frame(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
         if segment is not None and a.nbytes >= SHARED_MIN and at + a.nbytes <= len(segment):
             segment[at:at + a.nbytes] = a.reshape(-1).view(np.uint8)
             entry.append(at)
-            at += -(-a.nbytes // 64) * 64
+            at += _aligned(a.nbytes)
         else:
             inline.append(a)
         entries.append(entry)
@@ -143,6 +143,11 @@ def frame(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None,
         np.frombuffer(out, np.uint8, a.nbytes, offset)[:] = a.reshape(-1).view(np.uint8)
         offset += a.nbytes
     return out
+
+
+def _aligned(nbytes: int) -> int:
+    """``nbytes`` rounded up to a cache line: where the next shared array starts."""
+    return -(-nbytes // 64) * 64
 
 
 def encode(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
@@ -224,7 +229,7 @@ def decode(frame: bytes | bytearray, *, own: bool = True, segment: Any = None,
             source = np.frombuffer(segment, dtype=_TYPES[dtype], count=count, offset=at)
             if into is not None:
                 array = into.take(nbytes, used).view(_TYPES[dtype]).reshape(shape)
-                used += -(-nbytes // 64) * 64
+                used += _aligned(nbytes)
                 np.copyto(array.reshape(-1), source)
             else:
                 array = source.reshape(shape).copy()

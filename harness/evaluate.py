@@ -39,7 +39,17 @@ from harness.api import Model
 from harness.checkpoints import Checkpoint
 from harness.errors import HarnessError, UsageError
 from harness.interactions import Interactions
-from harness.metrics import TIE_POLICIES, auc, mae, mae_by_bin, mrr, rank_bounds, recall, thrnn_return_mae
+from harness.metrics import (
+    TIE_POLICIES,
+    auc,
+    first_bad_row,
+    mae,
+    mae_by_bin,
+    mrr,
+    rank_bounds,
+    recall,
+    thrnn_return_mae,
+)
 from harness.sandbox import LocalModel, ModelError, ModelProcess, ModelRef, Step, placement
 
 __all__ = [
@@ -450,7 +460,7 @@ class _Collector:
 
         def in_order(events: list[tuple[np.ndarray, np.ndarray]], *columns: np.ndarray
                      ) -> list[np.ndarray]:
-            order = np.argsort(np.concatenate([index for _, index in events]), kind="stable")
+            order = _event_order(events)
             return [column[order] for column in columns]
 
         if self.best:
@@ -525,6 +535,12 @@ class _Collector:
         return out
 
 
+def _event_order(events: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The order that puts answers collected block by block (``(user, index)`` per block) back
+    into the stream's event order."""
+    return np.argsort(np.concatenate([index for _, index in events]), kind="stable")
+
+
 _SPLIT_NAMES = {_VALID: "valid", _TEST: "test"}
 #: What the audits of a run count: blocks and rows re-scored with their own and later events
 #: altered, blocks scored twice, forks of the model's process made for the audits, and (models
@@ -597,14 +613,9 @@ def _check_answers(got: Step, block: Interactions, score: bool, state: bool,
             fail(f"score() returned shape {shape} for a block of {rows} events over "
                  f"{block.n_items} items")
         assert scores is not None
-        # A row's sum is finite unless the row holds NaN or infinity, or overflows: only then is
-        # the exact (and slower) element check needed.
-        with np.errstate(invalid="ignore", over="ignore"):
-            sums = np.add.reduce(scores, axis=1)
-        if not np.isfinite(sums).all():
-            finite = np.isfinite(scores)
-            if not finite.all():
-                fail("score() returned NaN or infinity", ~finite.all(axis=1))
+        bad_row = first_bad_row(scores)
+        if bad_row is not None:
+            fail("score() returned NaN or infinity", np.arange(rows) == bad_row)
     if state:
         probs = got.state
         if probs is None or probs.shape != (rows,):
@@ -1143,10 +1154,7 @@ def replay(model: Model, data: Prepared, protocol: Protocol, max_block: int,
     got = _stream(local, data, protocol, type(model).capabilities, 0, len(data.events), blocks, None)
 
     def cat(parts: list[np.ndarray], events: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        if not parts:
-            return np.empty(0)
-        order = np.argsort(np.concatenate([index for _, index in events]), kind="stable")
-        return np.concatenate(parts)[order]
+        return np.concatenate(parts)[_event_order(events)] if parts else np.empty(0)
 
     return {
         "best": cat(got.best, got.rank_event),

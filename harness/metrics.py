@@ -22,6 +22,7 @@ __all__ = [
     "TIE_POLICIES",
     "Recall",
     "auc",
+    "first_bad_row",
     "hits",
     "mae",
     "mae_by_bin",
@@ -54,11 +55,9 @@ def rank_bounds(
     n, m = len(targets), scores.shape[1]
     picked = np.arange(n) if rows is None else rows
     if not finite:
-        with np.errstate(invalid="ignore", over="ignore"):
-            sums = np.add.reduce(scores if rows is None else scores[rows], axis=1)
-        for j in np.flatnonzero(np.isnan(sums)):  # NaN, or inf - inf: look at the row itself
-            if np.isnan(scores[picked[j]]).any():
-                raise ValueError(f"the model returned NaN scores (first in block row {int(picked[j])})")
+        bad = first_bad_row(scores if rows is None else scores[rows], nan_only=True)
+        if bad is not None:
+            raise ValueError(f"the model returned NaN scores (first in block row {int(picked[bad])})")
     true = scores[picked, targets]
     # Compare a few rows at a time through one small buffer that stays in cache: over 94k items
     # this is about 4x faster than whole-block comparisons, which allocate and sweep memory.
@@ -68,21 +67,16 @@ def rank_bounds(
     ties = np.empty(n, dtype=np.intp) if tie_policy != "optimistic" else None
     for a in range(0, n, step):
         b = min(a + step, n)
-        view, t = buf[: b - a], true[a:b, None]
         if b == a + 1:  # a view of one row, counted without an axis (numpy's fast path)
-            part = scores[picked[a]:picked[a] + 1]
-            np.greater(part, t, out=view)
-            greater[a] = np.count_nonzero(view)
-            if ties is not None:
-                np.equal(part, t, out=view)
-                ties[a] = np.count_nonzero(view)
-            continue
-        part = scores[a:b] if rows is None else scores[rows[a:b]]
+            part, axis = scores[picked[a]:picked[a] + 1], None
+        else:
+            part, axis = (scores[a:b] if rows is None else scores[rows[a:b]]), 1
+        view, t = buf[: b - a], true[a:b, None]
         np.greater(part, t, out=view)
-        greater[a:b] = np.count_nonzero(view, axis=1)
+        greater[a:b] = np.count_nonzero(view, axis=axis)
         if ties is not None:
             np.equal(part, t, out=view)
-            ties[a:b] = np.count_nonzero(view, axis=1)
+            ties[a:b] = np.count_nonzero(view, axis=axis)
     best = greater + 1
     if ties is None:
         return best, best
@@ -90,6 +84,20 @@ def rank_bounds(
     if tie_policy == "pessimistic":
         return worst, worst
     return best, worst
+
+
+def first_bad_row(scores: np.ndarray, nan_only: bool = False) -> int | None:
+    """The first row of ``scores`` that holds NaN (or, unless ``nan_only``, infinity), if any.
+
+    A row's sum is finite unless the row holds NaN or infinity, or overflows; a NaN sum needs a
+    NaN or both infinities. Only rows whose sum says so are looked at element by element."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        sums = np.add.reduce(scores, axis=1)
+    for row in np.flatnonzero(np.isnan(sums) if nan_only else ~np.isfinite(sums)):
+        values = scores[row]
+        if (np.isnan(values) if nan_only else ~np.isfinite(values)).any():
+            return int(row)
+    return None
 
 
 def _bounds(best, worst) -> tuple[np.ndarray, np.ndarray]:

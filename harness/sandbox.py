@@ -455,10 +455,8 @@ class ModelProcess:
         times of the users whose visits end at ``ends``. Without ``reply`` nothing comes back
         (an error surfaces at the next :meth:`sync`); with ``answer_later`` the answer waits for
         :meth:`answer`; with ``rows``, only those rows of scores and states come back."""
-        header: dict[str, Any] = {"op": "step", "score": score, "state": state, "reply": reply,
-                                  **_sizes(block)}
-        if rows is not None:
-            header["rows"] = [int(r) for r in rows]
+        header = {"op": "step", "score": score, "state": state, "reply": reply, **_sizes(block),
+                  **_rows_field(rows)}
         arrays = block_arrays(block)
         if ends is not None and ends.any():
             arrays["ends"] = ends
@@ -479,10 +477,7 @@ class ModelProcess:
 
     def score(self, block: Interactions, *, rows: list[int] | None = None) -> np.ndarray:
         """Scores of the block (only ``rows`` of them, when given) without observing it."""
-        header: dict[str, Any] = {"op": "score", **_sizes(block)}
-        if rows is not None:
-            header["rows"] = [int(r) for r in rows]
-        _, got = self._call(header, block_arrays(block))
+        _, got = self._call({"op": "score", **_sizes(block), **_rows_field(rows)}, block_arrays(block))
         if "scores" not in got:
             raise ModelError("the model process answered a score request without scores")
         return got["scores"]
@@ -627,6 +622,11 @@ def _count(value: Any) -> bool:
 
 def _sizes(stream: Interactions) -> dict[str, int]:
     return {"n_users": int(stream.n_users), "n_items": int(stream.n_items)}
+
+
+def _rows_field(rows: list[int] | None) -> dict[str, list[int]]:
+    """The header field that asks for only some rows of an answer (none: all of them)."""
+    return {} if rows is None else {"rows": [int(r) for r in rows]}
 
 
 def _pickle_model(model: Any) -> bytes:
