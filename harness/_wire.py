@@ -41,6 +41,8 @@ class Channel:
         self.sock = sock
         #: Seconds to poll for the next frame before sleeping in ``recv`` (see :meth:`poll`).
         self.spin = 0.0
+        #: What the last :meth:`poll` of :meth:`recv_frame` returned.
+        self.seen: float | None = None
 
     @classmethod
     def from_fd(cls, fd: int) -> Channel:
@@ -76,25 +78,28 @@ class Channel:
         return True
 
     def recv_frame(self, limit: int | None = None) -> bytearray:
-        if self.spin:
-            self.poll(self.spin)
+        self.seen = self.poll(self.spin) if self.spin else None
         size = int.from_bytes(self._exactly(8), "little")
         if limit is not None and size > limit:
             raise WireError(f"a frame of {size} bytes exceeds the limit of {limit}")
         return self._exactly(size)
 
-    def poll(self, seconds: float) -> None:
+    def poll(self, seconds: float) -> float | None:
         """Return as soon as a frame starts arriving, or after ``seconds``. A process that has a
         core to itself polls instead of sleeping: on a virtual machine, waking a sleeping CPU
-        costs more than a small model's whole answer."""
+        costs more than a small model's whole answer. Returns when the frame was seen
+        (``perf_counter``), 0.0 if it was there at once, None if it did not come in time."""
         sock, clock = self.sock, time.perf_counter
         deadline = clock() + seconds
-        while clock() < deadline:
+        first = True
+        while first or clock() < deadline:
             try:
                 sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-                return  # data, or the other side closed: the read that follows sees which
+                # data, or the other side closed: the read that follows sees which
+                return 0.0 if first else clock()
             except BlockingIOError:
-                continue
+                first = False
+        return None
 
     def _exactly(self, n: int) -> bytearray:
         buffer = bytearray(n)

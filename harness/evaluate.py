@@ -746,37 +746,45 @@ def _stream(
         return got
 
     for k, (a, b) in enumerate(todo):
-        got = collect() if pending is not None else None
         block = events[a:b]
         score = want_rank and bool(data.ranked[a:b].any())
         ends = ~np.isnan(data.gap[a:b]) if want_gap else None
         n_ends = int(ends.sum()) if ends is not None else 0
-        audit: tuple[Any, Any, list[int], int] | None = None
-        if shadow is not None:
-            assert auditor is not None
-            if k in auditor.lookahead and (score or want_state or n_ends):
-                j = int(auditor.rng.integers(b - a))
-                rows = auditor.rows(j + 1, also=j)
-                altered = shadow.fork(wait=False)
-                altered.step(_altered(block, j, auditor.rng, False), score=score, state=want_state,
-                             ends=ends, answer_later=True, rows=rows)
-                altered.release()
-                relabelled = None
-                if want_state:
-                    relabelled = shadow.fork(wait=False)
-                    relabelled.step(_altered(block, j, auditor.rng, True), score=score, state=True,
-                                    answer_later=True, rows=rows)
-                    relabelled.release()
-                out.audit["forks"] += 1 + want_state
-                gaps_before = int((np.flatnonzero(ends) < j).sum()) if ends is not None else 0
-                audit = (altered, relabelled, rows, gaps_before)
+        lookahead: tuple[int, list[int], Interactions, Interactions | None] | None = None
+        if shadow is not None and auditor is not None and k in auditor.lookahead \
+                and (score or want_state or n_ends):
+            j = int(auditor.rng.integers(b - a))
+            rows = auditor.rows(j + 1, also=j)
+            lookahead = (j, rows, _altered(block, j, auditor.rng, False),
+                         _altered(block, j, auditor.rng, True) if want_state else None)
+        twice_rows = auditor.rows(b - a) if score and auditor and k in auditor.twice else None
         tic = clock()
+        if pending is not None and twice_rows is None:  # goes the moment answer k - 1 is in
+            proc.step(block, score=score, state=want_state, ends=ends, answer_later=True,
+                      after_answer=True)
+        got = proc.answer(reuse=True) if pending is not None else None  # valid until the next
         first_scores: tuple[list[int], np.ndarray] | None = None
-        if score and auditor and k in auditor.twice:
-            twice_rows = auditor.rows(b - a)
+        if twice_rows is not None:
             first_scores = (twice_rows, proc.score(block, rows=twice_rows))
-        proc.step(block, score=score, state=want_state, ends=ends, answer_later=True)
+        if pending is None or twice_rows is not None:
+            proc.step(block, score=score, state=want_state, ends=ends, answer_later=True)
         out.model_seconds += clock() - tic
+        # the shadow and its copies get block k only now that the pass has it
+        audit: tuple[Any, Any, list[int], int] | None = None
+        if lookahead is not None:
+            j, rows, altered_block, relabelled_block = lookahead
+            altered = shadow.fork(wait=False)
+            altered.step(altered_block, score=score, state=want_state, ends=ends,
+                         answer_later=True, rows=rows)
+            altered.release()
+            relabelled = None
+            if relabelled_block is not None:
+                relabelled = shadow.fork(wait=False)
+                relabelled.step(relabelled_block, score=score, state=True, answer_later=True, rows=rows)
+                relabelled.release()
+            out.audit["forks"] += 1 + (relabelled is not None)
+            gaps_before = int((np.flatnonzero(ends) < j).sum()) if ends is not None else 0
+            audit = (altered, relabelled, rows, gaps_before)
         if shadow is not None and k < last_audit:  # never ahead of the pass
             shadow.step(block, score=False, state=want_state, ends=ends, reply=False)
         for check in own.get(k, ()):

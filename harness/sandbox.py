@@ -160,7 +160,7 @@ class LocalModel:
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
              ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False,
-             rows: list[int] | None = None) -> Step:
+             rows: list[int] | None = None, after_answer: bool = False) -> Step:
         got = answer_block(self.model, readonly(block), score=score, state=state,
                            ends=ends if ends is not None and ends.any() else None, rows=rows)
         step = Step(got.get("scores"), got.get("state"), got.get("gap"))
@@ -193,9 +193,69 @@ class LocalModel:
         pass
 
 
-#: How long a pass's process polls for its next block, and the evaluator for a quick answer.
+#: How long a pass's process polls for its next block, and the evaluator for an answer after
+#: the time it is due.
 PASS_POLL_SECONDS = 0.005
 ANSWER_POLL_SECONDS = 0.0002
+
+
+class AnswerPacer:
+    """When a pass's answers come, learned as they come: the evaluator sleeps until shortly
+    before an answer is due and polls from then on.
+
+    Polling for every answer would keep the evaluator's core from halting (on a virtual machine,
+    waking a halted CPU costs about 100 µs, a tenth of a JODIE block), but it would also keep
+    the audit shadow, which runs at idle priority on that core, from ever running. So the pacer
+    tracks, for each kind of block (its rows, and what is asked of it), a low quantile
+    (:data:`QUANTILE`) of the time from sending a block to its answer, and the evaluator naps
+    until :data:`NAP_MARGIN` before that (timer slack set to 1 ns for the pass, see
+    :func:`placement`). An answer that was already there when a nap ended lowers the estimate at
+    once. Times are ``time.perf_counter`` seconds."""
+
+    #: How long before an answer's usual earliest time a nap ends (a nap ends about 40 µs late on
+    #: this project's machine kind), and the shortest nap worth taking.
+    NAP_MARGIN = 0.00012
+    NAP_MIN = 0.0002
+    QUANTILE = 0.1
+    STEP = 0.02  # of the estimate, per answer
+
+    def __init__(self, poll: float) -> None:
+        self.poll = poll
+        self.due: dict[tuple[int, bool, bool], float] = {}
+        self._sent: tuple[tuple[int, bool, bool], float] | None = None
+
+    def sent(self, kind: tuple[int, bool, bool], at: float) -> None:
+        """A block of this kind went out at ``at``."""
+        self._sent = (kind, at)
+
+    def nap(self, now: float) -> float:
+        """Seconds to sleep before polling for the answer to the block last sent (0: none)."""
+        if self._sent is None or (due := self.due.get(self._sent[0])) is None:
+            return 0.0
+        nap = self._sent[1] + due - self.NAP_MARGIN - now
+        return nap if nap >= self.NAP_MIN else 0.0
+
+    def spin(self) -> float:
+        """Seconds to poll before sleeping in the read: past the estimate by a quarter of it."""
+        due = self.due.get(self._sent[0]) if self._sent is not None else None
+        return self.poll + (due or 0.0) / 4
+
+    def came(self, seen: float | None, now: float) -> None:
+        """The answer to the block last sent has been read: it was seen arriving at ``seen``,
+        or was there at once (``seen == 0.0``), or came while the reader slept (None)."""
+        if self._sent is None:
+            return
+        (kind, at), self._sent = self._sent, None
+        due = self.due.get(kind)
+        took = (now if seen is None else seen) - at
+        if due is None:
+            self.due[kind] = max(took, 0.0) if seen != 0.0 else 0.0
+        elif seen == 0.0:  # there before the nap ended: the estimate is too late
+            self.due[kind] = due * (1 - 5 * self.STEP)
+        elif took < due:
+            self.due[kind] = due * (1 - self.STEP * (1 - self.QUANTILE))
+        else:
+            self.due[kind] = due * (1 + self.STEP * self.QUANTILE)
 
 
 @contextlib.contextmanager
@@ -205,9 +265,9 @@ def placement(proc: Any) -> Iterator[set[int]]:
 
     A pass is a ping-pong between the two: on a virtual machine waking a sleeping CPU costs up
     to 100 µs, more than a small model's whole answer, so the pass polls for its next block and
-    this process polls for answers while they come quickly. Yields the cores for an audit's
-    shadow, which runs at idle priority (:meth:`ModelProcess.idle`) on whatever time the two
-    leave."""
+    this process naps until an answer is due and polls for it from then on (see
+    :class:`AnswerPacer`). Yields the cores for an audit's shadow, which runs at idle priority
+    (:meth:`ModelProcess.idle`) on whatever time the two leave: this process's naps."""
     try:
         cpus = os.sched_getaffinity(0)
     except AttributeError:
@@ -219,11 +279,29 @@ def placement(proc: Any) -> Iterator[set[int]]:
     os.sched_setaffinity(0, {min(cpus)})
     proc.pin({sorted(cpus)[1]}, poll=PASS_POLL_SECONDS)
     proc.poll = ANSWER_POLL_SECONDS
+    slack = _timer_slack(1)  # naps end on time (see AnswerPacer)
     try:
         yield cpus
     finally:
         proc.poll = 0.0
         os.sched_setaffinity(0, cpus)
+        if slack:
+            _timer_slack(slack)
+
+
+def _timer_slack(nanoseconds: int) -> int:
+    """Set how late this thread's timers may fire (Linux's ``PR_SET_TIMERSLACK``, 50 µs by
+    default); returns the previous setting, 0 where it cannot be set."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        before = prctl(30, 0, 0, 0, 0)  # PR_GET_TIMERSLACK
+        if before <= 0 or prctl(29, nanoseconds, 0, 0, 0) != 0:  # PR_SET_TIMERSLACK
+            return 0
+        return int(before)
+    except (OSError, AttributeError):
+        return 0
 
 
 def _die_with_parent() -> None:
@@ -254,7 +332,8 @@ class ModelProcess:
         self._outbox: list[bytearray] = []  # requests that need no answer, written in batches
         # written in order, not yet sent: frames, and descriptors to hand over (then closed here)
         self._queue: deque[memoryview | socket.socket | io.FileIO] = deque()
-        self._poll = 0.0
+        self._pacer: AnswerPacer | None = None
+        self._next: tuple[bytearray, tuple[int, bool, bool]] | None = None  # see step()
         self._segment: mmap.mmap | None = None
         self._scratch = Scratch()
         self.pid: int | None = None  # as the model's process reports it (forks only)
@@ -362,13 +441,14 @@ class ModelProcess:
 
     @property
     def poll(self) -> float:
-        """Seconds this side polls for an answer before sleeping: it polls while answers keep
-        coming within that time, and sleeps at once after one that took longer."""
-        return self._poll
+        """Seconds this side polls for an answer after the time it is due (see
+        :class:`AnswerPacer`) before sleeping in the read; 0 (the default): it sleeps at once."""
+        return self._pacer.poll if self._pacer is not None else 0.0
 
     @poll.setter
     def poll(self, seconds: float) -> None:
-        self._poll = self._conn.spin = seconds
+        self._pacer = AnswerPacer(seconds) if seconds > 0 else None
+        self._conn.spin = max(seconds, 0.0)
 
     def sync(self) -> None:
         """Wait until this process has handled every request sent so far (raising the error of
@@ -450,11 +530,14 @@ class ModelProcess:
 
     def step(self, block: Interactions, *, score: bool, state: bool = False,
              ends: np.ndarray | None = None, reply: bool = True, answer_later: bool = False,
-             rows: list[int] | None = None) -> Step:
+             rows: list[int] | None = None, after_answer: bool = False) -> Step:
         """Score the block (if ``score``), then observe it, then predict states and the return
         times of the users whose visits end at ``ends``. Without ``reply`` nothing comes back
         (an error surfaces at the next :meth:`sync`); with ``answer_later`` the answer waits for
-        :meth:`answer`; with ``rows``, only those rows of scores and states come back."""
+        :meth:`answer`; with ``rows``, only those rows of scores and states come back. With
+        ``after_answer`` (and ``answer_later``) the request goes out the moment the next
+        :meth:`answer` has read the answer awaited now, before handing it back: a pass's next
+        block then waits for nothing but the answer before it."""
         header = {"op": "step", "score": score, "state": state, "reply": reply, **_sizes(block),
                   **_rows_field(rows)}
         arrays = block_arrays(block)
@@ -463,9 +546,14 @@ class ModelProcess:
         if reply and not answer_later:
             self._send(header, arrays)
             return self.answer()
+        if after_answer and answer_later:
+            self._next = (frame(header, arrays), (len(block), score, state))
+            return Step()
         self._send(header, arrays, later=True)
         if answer_later:
             self._flush(wait=False)
+            if self._pacer is not None:
+                self._pacer.sent((len(block), score, state), time.perf_counter())
         return Step()
 
     def answer(self, *, reuse: bool = False) -> Step:
@@ -514,6 +602,8 @@ class ModelProcess:
         """Send a request. One that needs no answer (``later``) may wait in the outbox, which
         goes out with the next request that does, or when it holds 64, as far as the socket
         takes it at once: a process that lags behind never holds up this one."""
+        if self._next is not None:
+            raise RuntimeError("a step waits to follow the answer awaited now: read that first")
         self._outbox.append(frame(header, arrays))
         if not later or len(self._outbox) >= 64:
             self._flush(wait=not later)
@@ -554,7 +644,12 @@ class ModelProcess:
 
     def _answer(self, on_progress: OnProgress | None = None, reuse: bool = False
                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        tic = time.perf_counter()
+        pacer = self._pacer
+        if pacer is not None:
+            nap = pacer.nap(time.perf_counter())
+            if nap:
+                time.sleep(nap)
+            self._conn.spin = pacer.spin()
         while True:
             header, arrays = self._receive(reuse)
             if "progress" not in header or "ok" in header:
@@ -565,8 +660,15 @@ class ModelProcess:
                 raise ModelError(f"the model process sent a malformed progress count {header!r}")
             if on_progress is not None:
                 on_progress(done, total, unit)
-        if self._poll:  # poll for the next answer only while answers come quickly
-            self._conn.spin = self._poll if time.perf_counter() - tic < self._poll else 0.0
+        if pacer is not None:
+            pacer.came(self._conn.seen, time.perf_counter())
+        if self._next is not None:
+            request, kind = self._next
+            self._next = None
+            self._queue.append(memoryview(request))
+            self._flush(wait=False)
+            if pacer is not None:
+                pacer.sent(kind, time.perf_counter())
         return self._check(header), arrays
 
     def _check(self, header: dict[str, Any]) -> dict[str, Any]:
