@@ -771,7 +771,7 @@ def _stream(
         out.model_seconds += clock() - tic
         # the shadow and its copies get block k only now that the pass has it
         audit: tuple[Any, Any, list[int], int] | None = None
-        if lookahead is not None:
+        if lookahead is not None and shadow is not None:
             j, rows, altered_block, relabelled_block = lookahead
             altered = shadow.fork(wait=False)
             altered.step(altered_block, score=score, state=want_state, ends=ends,
