@@ -253,3 +253,35 @@ class FalselyIndependent(Counts):
 
     capabilities = frozenset({"rank"})
     independent_users = True
+
+
+class Impatient(Counts):
+    """Way 2: while scoring every tenth block, sends the evaluator a frame of its own (a progress
+    count, which the format allows) and watches its socket for the next block for 20 ms; reports
+    how often it asked and how often the next block came before its answer."""
+
+    def fit(self, train, *, seed=0):
+        super().fit(train, seed=seed)
+        self.fit_report = {"blocks": 0, "asked": 0, "early": 0}
+
+    def score(self, block):
+        import socket
+        import time
+
+        from harness._wire import send
+
+        report = self.fit_report
+        report["blocks"] += 1
+        if report["blocks"] % 10 == 1:
+            conn = next(o.conn for o in gc.get_objects() if type(o).__name__ == "_Host")
+            send(conn, {"progress": 1, "total": 2, "unit": "blocks"})
+            report["asked"] += 1
+            deadline = time.monotonic() + 0.02
+            while time.monotonic() < deadline:
+                try:
+                    conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                    report["early"] += 1
+                    break
+                except BlockingIOError:
+                    time.sleep(0.0005)
+        return super().score(block)

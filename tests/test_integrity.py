@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dishonest_models import SEEN, Drifting, Probe, _largest_time_in_process
+from dishonest_models import SEEN, Drifting, Impatient, Probe, _largest_time_in_process
 
 from harness.cli import main
 from harness.data import open_dataset
@@ -241,6 +241,16 @@ def test_a_return_time_that_reads_later_events_of_its_block_fails_the_run():
     with pytest.raises(AuditFailure, match="a return time depends on a later event of its block"):
         evaluate(dishonest_models.GapSnoop(), realistic_stream(),
                  Protocol("sessions", session_gap=3600.0, audits=64))
+
+
+def test_the_next_block_goes_only_after_the_answer_whatever_the_model_sends_first():
+    # the evaluator sends block k + 1 the moment it has read the answer to block k: a frame the
+    # model sends before its answer (here a progress count) must not count as that answer
+    stream = open_dataset("synthetic").load()
+    protocol = Protocol("streaming")
+    report = evaluate(Impatient(), prepare(stream, protocol), protocol).model_report
+    assert report is not None and report["asked"] >= 20
+    assert report["early"] == 0
 
 
 def test_a_stopped_process_never_holds_up_the_evaluator_and_gets_every_request_in_order():

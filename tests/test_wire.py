@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import mmap
+import socket
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from harness._wire import SHARED_MIN, Scratch, WireError, decode, encode, frame
+from harness._wire import SHARED_MIN, Channel, Scratch, WireError, decode, encode, frame
 from harness.interactions import Interactions
-from harness.sandbox import LocalModel, ModelProcess
+from harness.sandbox import AnswerPacer, LocalModel, ModelProcess
 
 ARRAYS = {
     "f64": np.linspace(0, 1, 12).reshape(3, 4), "f32": np.arange(5, dtype=np.float32),
@@ -132,3 +135,58 @@ def test_a_model_process_answers_through_the_segment_and_its_forks_do_not():
         assert np.array_equal(copied.scores, expected)
         probe.close()
         copy.close()
+
+
+def test_poll_says_whether_a_frame_was_there_at_once_came_while_polling_or_not_in_time():
+    ours, theirs = socket.socketpair()
+    chan = Channel(ours)
+    assert chan.poll(0.002) is None
+    theirs.sendall(b"x")
+    assert chan.poll(0.002) == 0.0  # there at once
+    ours.recv(1)
+    sent = []
+    later = threading.Timer(0.02, lambda: (sent.append(time.perf_counter()), theirs.sendall(b"y")))
+    later.start()
+    seen = chan.poll(5.0)
+    later.join()
+    assert seen is not None and seen >= sent[0]
+    ours.close()
+    theirs.close()
+
+
+KIND = (5, True, False)
+
+
+def test_the_pacer_naps_until_shortly_before_an_answer_of_the_same_kind_is_due():
+    pacer = AnswerPacer(poll=0.0002)
+    pacer.sent(KIND, 10.0)
+    assert pacer.nap(10.0) == 0.0  # nothing known yet: poll at once
+    pacer.came(10.001, 10.00102)  # the answer took 1 ms
+    pacer.sent(KIND, 20.0)
+    assert pacer.nap(20.00005) == pytest.approx(0.001 - AnswerPacer.NAP_MARGIN - 0.00005)
+    assert pacer.nap(20.0007) == 0.0  # less than NAP_MIN left: poll
+    assert pacer.spin() == pytest.approx(0.0002 + 0.001 / 4)
+    pacer.came(20.00105, 20.0011)
+    pacer.sent((1, True, False), 30.0)
+    assert pacer.nap(30.0) == 0.0  # another kind of block has an estimate of its own
+
+
+def test_an_answer_there_when_the_nap_ends_shortens_the_next_nap_at_once():
+    pacer = AnswerPacer(poll=0.0002)
+    pacer.due[KIND] = 0.001
+    pacer.sent(KIND, 0.0)
+    pacer.came(0.0, 0.002)  # there at once when the reader looked
+    assert pacer.due[KIND] == pytest.approx(0.001 * (1 - 5 * AnswerPacer.STEP))
+    pacer.sent(KIND, 1.0)
+    pacer.came(1.0015, 1.0016)  # late: raised a little
+    assert pacer.due[KIND] == pytest.approx(0.0009 * (1 + AnswerPacer.STEP * AnswerPacer.QUANTILE))
+
+
+def test_the_pacer_tracks_a_low_quantile_of_the_answer_times():
+    rng = np.random.default_rng(0)
+    pacer = AnswerPacer(poll=0.0002)
+    for took in rng.normal(1e-3, 5e-5, 5000):
+        pacer.sent(KIND, 0.0)
+        pacer.came(took, took + 1e-5)
+    early = np.mean(rng.normal(1e-3, 5e-5, 20000) < pacer.due[KIND])
+    assert 0.03 < early < 0.25  # QUANTILE is 0.1; the estimate moves by 2% of itself a step
