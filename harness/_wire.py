@@ -220,35 +220,33 @@ def decode(frame: bytes | bytearray, *, own: bool = True, segment: Any = None,
     for entry in header.pop("arrays", []):
         try:
             key, dtype, shape, *where = entry
-            shape = tuple(int(s) for s in shape)
+            shape = tuple(map(int, shape))
             at = int(where[0]) if where else None
         except (TypeError, ValueError):
             raise WireError(f"malformed array entry {entry!r}") from None
-        if dtype not in DTYPES or any(s < 0 for s in shape) or len(where) > 1:
+        kind = _TYPES.get(dtype) if type(dtype) is str else None
+        if kind is None or min(shape, default=0) < 0 or len(where) > 1:
             raise WireError(f"array {key!r}: dtype {dtype!r} or shape {shape} is not allowed")
-        count = math.prod(shape)
-        nbytes = count * _TYPES[dtype].itemsize
+        nbytes = math.prod(shape) * kind.itemsize
         if at is not None:
             if segment is None or at < 0 or at + nbytes > len(segment):
                 raise WireError(f"array {key!r}: {nbytes} bytes at {at} are not in a shared segment")
-            source = np.frombuffer(segment, dtype=_TYPES[dtype], count=count, offset=at)
+            source = np.ndarray(shape, kind, segment, at)
             if into is not None:
-                array = into.take(nbytes, used).view(_TYPES[dtype]).reshape(shape)
+                array = into.take(nbytes, used).view(kind).reshape(shape)
                 used += _aligned(nbytes)
-                np.copyto(array.reshape(-1), source)
+                np.copyto(array, source)
             else:
-                array = source.reshape(shape).copy()
-            array.flags.writeable = False
-            arrays[str(key)] = array
-            continue
-        if offset + nbytes > len(frame):
-            raise WireError(f"array {key!r}: the frame ends before its {nbytes} bytes")
-        array = np.frombuffer(frame, dtype=_TYPES[dtype], count=count, offset=offset).reshape(shape)
-        if own:
-            array = array.copy()
+                array = source.copy()
+        else:
+            if offset + nbytes > len(frame):
+                raise WireError(f"array {key!r}: the frame ends before its {nbytes} bytes")
+            array = np.ndarray(shape, kind, frame, offset)
+            if own:
+                array = array.copy()
+            offset += nbytes
         array.flags.writeable = False
         arrays[str(key)] = array
-        offset += nbytes
     if offset != len(frame):
         raise WireError(f"a frame has {len(frame) - offset} bytes after its last array")
     return header, arrays
